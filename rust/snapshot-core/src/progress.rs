@@ -1,0 +1,53 @@
+//! Progress reporting: the engine pushes updates into a consumer it is given.
+//!
+//! The engine never draws anything itself; the CLI renders a line on a
+//! terminal and the Python binding forwards throttled updates to a callback.
+
+/// Phase of a capture, in the order they happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Finding what parts of the source may hold data.
+    Scanning,
+    /// Reading and compressing to learn the image's layout (forward-only sinks
+    /// whose spool overflowed only).
+    Sizing,
+    /// Reading, compressing and writing the image.
+    Writing,
+    /// Checking what storage reports against the report.
+    Verifying,
+}
+
+/// One progress update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressUpdate {
+    /// Current phase.
+    pub phase: Phase,
+    /// Guest bytes processed so far in this phase (zeros and holes included).
+    pub done: u64,
+    /// Guest bytes this phase will process in all.
+    pub total: u64,
+    /// Image bytes emitted so far.
+    pub written: u64,
+}
+
+/// Receives progress updates. Called from engine threads, often: keep it cheap
+/// and throttle expensive work (drawing, calling into Python) yourself.
+pub trait Progress: Send + Sync {
+    /// Called with the latest state.
+    fn update(&self, update: &ProgressUpdate);
+}
+
+/// A [`Progress`] that ignores every update.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn update(&self, _update: &ProgressUpdate) {}
+}
+
+impl<F: Fn(&ProgressUpdate) + Send + Sync> Progress for F {
+    fn update(&self, update: &ProgressUpdate) {
+        self(update)
+    }
+}
