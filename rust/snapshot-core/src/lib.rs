@@ -12,9 +12,11 @@
 //! [`Progress`] trait so that each front end renders it its own way.
 
 pub mod error;
+pub mod fs;
 pub mod options;
 pub mod progress;
 pub mod report;
+pub mod sink;
 pub mod size;
 
 pub use error::{Error, Result};
