@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test suite: the Rust workspace tests, then the pytest suites
+# (CLI, filesystem-aware capture, the service step against real Ironic, IPA
+# and Glance, the client against Keystone, packaging). Run tests/setup.sh
+# once first. Benchmarks (tests/bench) are not tests and are not run here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace --locked
+.venv/bin/python -m pytest -ra "$@"
