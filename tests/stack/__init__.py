@@ -1,0 +1,1 @@
+"""Real OpenStack services on loopback for the test suites (Glance, Ironic, IPA, Keystone)."""
