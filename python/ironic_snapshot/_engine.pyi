@@ -1,0 +1,70 @@
+"""Imaging engine of ironic-snapshot (Rust, via PyO3). Private: import from
+:mod:`ironic_snapshot` instead."""
+
+from collections.abc import Callable
+from os import PathLike
+from typing import Any, Final, Literal, TypedDict, type_check_only
+
+__all__ = ["VERSION", "capture"]
+
+VERSION: Final[str]
+"""Version of the engine, recorded in every report."""
+
+@type_check_only
+class ProgressUpdate(TypedDict):
+    """What the progress callback receives."""
+
+    phase: Literal["scanning", "sizing", "writing", "verifying"]
+    done: int
+    total: int
+    written: int
+
+def capture(
+    source: str | PathLike[str],
+    output: str | PathLike[str] | None = None,
+    *,
+    glance_image: str | None = None,
+    glance_endpoint: str | None = None,
+    token: str | None = None,
+    format: str = "qcow2",
+    compression: str = "zstd",
+    level: int | None = None,
+    cluster_size: int | str = 65536,
+    threads: int = 0,
+    memory_limit: int | str = 268435456,
+    skip_free_space: bool = True,
+    force: bool = False,
+    progress: Callable[[ProgressUpdate], object] | None = None,
+    progress_interval: float = 2.0,
+    insecure: bool = False,
+    ca_file: str | PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Capture the disk ``source`` (block device or image file, opened
+    read-only) into an image.
+
+    The image goes to exactly one of ``output`` (a file path, or ``"-"`` for
+    standard output) or the queued Glance image ``glance_image`` on
+    ``glance_endpoint``, authenticated with ``token`` (never logged). The GIL
+    is released for the whole capture.
+
+    :param format: ``"qcow2"`` or ``"raw"``.
+    :param compression: ``"zstd"``, ``"zlib"`` or ``"none"`` (qcow2 only).
+    :param level: compression level; ``None`` for the default of the method.
+    :param cluster_size: qcow2 cluster size, bytes or a string like ``"64K"``.
+    :param threads: compression workers; 0 for one per core.
+    :param memory_limit: most compressed bytes held in memory for a
+        forward-only destination, bytes or a string like ``"256M"``.
+    :param skip_free_space: skip free space of known filesystems and swap.
+    :param force: overwrite an existing ``output`` file.
+    :param progress: called with a :class:`ProgressUpdate` at most every
+        ``progress_interval`` seconds (and when a phase starts or ends), from
+        an engine thread. An exception it raises cancels the capture and is
+        re-raised here.
+    :param insecure: skip TLS certificate checks (test clouds only).
+    :param ca_file: extra CA bundle (PEM) to trust.
+    :returns: the report: ``virtual_size``, ``image_size``, ``bytes_read``,
+        ``sha256``, ``sha512``, ``md5``, ``seconds``, ``format``,
+        ``compression``, ``level``, ``cluster_size``, ``passes``,
+        ``clusters``, ``target``, ``tool_version``.
+    :raises ironic_snapshot.SnapshotError: a subclass by kind of failure.
+    """

@@ -1,0 +1,36 @@
+"""Errors of the ``snapshot_disk`` step, as ironic-python-agent REST errors.
+
+Ironic records the error an agent step raises in the node's ``last_error``:
+each message says what went wrong and what the operator can do.
+"""
+
+from __future__ import annotations
+
+from ironic_python_agent import errors
+
+
+class SnapshotStepError(errors.RESTError):
+    """Base class of the step's own errors."""
+
+    message = "Disk snapshot failed"
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+
+
+class ImageServiceError(SnapshotStepError):
+    """The image service refused a request or could not be reached."""
+
+    message = "Disk snapshot failed: image service error"
+
+
+class ImageVerificationError(SnapshotStepError):
+    """The image service stored something other than what was sent."""
+
+    message = "Disk snapshot failed: image verification error"
+
+
+class SnapshotEngineError(SnapshotStepError):
+    """The imaging engine failed for a reason not covered by IPA's errors."""
+
+    message = "Disk snapshot failed: imaging engine error"

@@ -1,0 +1,392 @@
+"""ironic-python-agent hardware manager offering the ``snapshot_disk`` step.
+
+Registered under the entry point group ``ironic_python_agent.hardware_managers``
+as ``snapshot``. The step captures the node's disk, opened read-only, straight
+into a queued Glance image, then records the capture report on that image as
+``snapshot_*`` properties (Ironic discards what a step returns).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import Any
+
+from ironic_python_agent import errors
+from ironic_python_agent import hardware
+from oslo_config import cfg
+from oslo_log import log
+from oslo_utils import strutils
+
+from ironic_snapshot import conf as snapshot_conf
+from ironic_snapshot import devices
+from ironic_snapshot import exceptions
+from ironic_snapshot.errors import ImageServiceError
+from ironic_snapshot.errors import ImageVerificationError
+from ironic_snapshot.errors import SnapshotEngineError
+from ironic_snapshot.glance import GlanceImages
+
+LOG = log.getLogger(__name__)
+CONF = cfg.CONF
+snapshot_conf.register_opts(CONF)
+
+#: Arguments of ``snapshot_disk``. Ironic rejects arguments not listed here;
+#: ``auth_token`` contains ``token`` so Ironic masks it in API output (but not
+#: in the node's ``service_step`` field or in its logs: see the README).
+SNAPSHOT_DISK_ARGSINFO: dict[str, dict[str, Any]] = {
+    "image_id": {
+        "description": "Id of the Glance image to fill. It must exist, be "
+        "queued and have disk_format qcow2 or raw.",
+        "required": True,
+    },
+    "glance_endpoint": {
+        "description": "Glance endpoint, such as https://glance.example.org:"
+        "9292. Default: [snapshot]glance_endpoint of the agent configuration.",
+        "required": False,
+    },
+    "auth_token": {
+        "description": "Keystone token for Glance: make it short-lived and "
+        "scoped to this upload, it is visible to whoever can read the node "
+        "while the step runs.",
+        "required": False,
+    },
+    "device": {
+        "description": "Disk to capture, such as /dev/sda. Default: the "
+        "node's root device (root device hints).",
+        "required": False,
+    },
+    "disk_format": {
+        "description": "qcow2 or raw. Default: the image's disk_format.",
+        "required": False,
+    },
+    "compression": {
+        "description": "Cluster compression of qcow2: zstd, zlib or none. "
+        "Default: [snapshot]compression (zstd).",
+        "required": False,
+    },
+    "compression_level": {
+        "description": "Compression level. Default: that of the method.",
+        "required": False,
+    },
+    "cluster_size": {
+        "description": "qcow2 cluster size, 64K to 2M. Default: "
+        "[snapshot]cluster_size (64K).",
+        "required": False,
+    },
+    "threads": {
+        "description": "Compression threads, 0 for one per core. Default: "
+        "[snapshot]threads (0).",
+        "required": False,
+    },
+    "memory_limit": {
+        "description": "Memory for compressed data before a second read of "
+        "the disk, such as 512M. Default: [snapshot]memory_limit (256M).",
+        "required": False,
+    },
+    "skip_free_space": {
+        "description": "Skip free space of known filesystems. Default: "
+        "[snapshot]skip_free_space (true).",
+        "required": False,
+    },
+    "insecure": {
+        "description": "Skip TLS verification of Glance (test clouds only). "
+        "Default: [snapshot]insecure (false).",
+        "required": False,
+    },
+}
+
+#: Prefix of the image properties the step writes.
+PROPERTY_PREFIX = "snapshot_"
+
+
+def _bad_arg(name: str, value: Any, expected: str) -> errors.InvalidCommandParamsError:
+    return errors.InvalidCommandParamsError(
+        f"Invalid value {value!r} for argument {name} of step snapshot_disk: "
+        f"expected {expected}"
+    )
+
+
+def _as_int(name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise _bad_arg(name, value, "an integer")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise _bad_arg(name, value, "an integer") from None
+    if minimum is not None and number < minimum:
+        raise _bad_arg(name, value, f"an integer of at least {minimum}")
+    return number
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    try:
+        return strutils.bool_from_string(value, strict=True)
+    except ValueError:
+        raise _bad_arg(name, value, "true or false") from None
+
+
+def _as_size(name: str, value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        raise _bad_arg(name, value, "a size such as 64K, 256M or a number of bytes")
+    return value
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+class _ProgressLog:
+    """Progress callback logging percent, rate and ETA at INFO."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._phase: str | None = None
+        self._phase_start = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, update: dict[str, Any]) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if update["phase"] != self._phase:
+                self._phase = update["phase"]
+                self._phase_start = now
+            done, total = update["done"], update["total"]
+            elapsed = now - self._phase_start
+            percent = 100.0 * done / total if total else 100.0
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else None
+            LOG.info(
+                "Snapshot of %(device)s: %(phase)s %(percent).1f%% "
+                "(%(done)s of %(total)s) at %(rate)s/s, ETA %(eta)s, "
+                "%(written)s of image written",
+                {
+                    "device": self.device,
+                    "phase": update["phase"],
+                    "percent": percent,
+                    "done": _human(done),
+                    "total": _human(total),
+                    "rate": _human(rate),
+                    "eta": f"{eta:.0f} s" if eta is not None else "unknown",
+                    "written": _human(update["written"]),
+                },
+            )
+
+
+class SnapshotHardwareManager(hardware.HardwareManager):
+    """Offers the ``snapshot_disk`` service step."""
+
+    HARDWARE_MANAGER_NAME = "SnapshotHardwareManager"
+    HARDWARE_MANAGER_VERSION = "1.0"
+
+    def evaluate_hardware_support(self) -> int:
+        """Offer the step only when the imaging engine loads.
+
+        :returns: ``HardwareSupport.SERVICE_PROVIDER``, or ``NONE`` when the
+            engine extension cannot be imported.
+        """
+        try:
+            engine = importlib.import_module("ironic_snapshot._engine")
+        except ImportError as exc:
+            LOG.error(
+                "The ironic-snapshot imaging engine cannot be loaded, the "
+                "snapshot_disk step is not offered: %s. Reinstall the "
+                "ironic-snapshot wheel built for this platform",
+                exc,
+            )
+            return hardware.HardwareSupport.NONE
+        LOG.info("ironic-snapshot engine %s loaded", engine.VERSION)
+        return hardware.HardwareSupport.SERVICE_PROVIDER
+
+    def get_service_steps(self, node: dict[str, Any], ports: list[Any]) -> list[dict[str, Any]]:
+        """The ``snapshot_disk`` step, on interface ``deploy``.
+
+        :param node: the Ironic node.
+        :param ports: the node's ports.
+        :returns: the step description with its ``argsinfo``.
+        """
+        return [
+            {
+                "step": "snapshot_disk",
+                "priority": 0,
+                "interface": "deploy",
+                "reboot_requested": False,
+                "abortable": False,
+                "argsinfo": SNAPSHOT_DISK_ARGSINFO,
+            }
+        ]
+
+    def snapshot_disk(self, node: dict[str, Any], ports: list[Any], **kwargs: Any) -> dict[str, Any]:
+        """Capture the node's disk into a queued Glance image.
+
+        :param node: the Ironic node.
+        :param ports: the node's ports.
+        :param kwargs: the step arguments, see :data:`SNAPSHOT_DISK_ARGSINFO`.
+        :returns: the capture report (Ironic discards it; it is also stored
+            on the image as ``snapshot_*`` properties).
+        :raises InvalidCommandParamsError: bad or missing arguments.
+        :raises BlockDeviceError: the disk is missing, not a block device,
+            in use, or cannot be read.
+        :raises ImageServiceError: Glance refused or could not be reached.
+        :raises ImageVerificationError: Glance stored other bytes than sent.
+        """
+        unknown = sorted(set(kwargs) - set(SNAPSHOT_DISK_ARGSINFO))
+        if unknown:
+            raise errors.InvalidCommandParamsError(
+                f"Unknown arguments of step snapshot_disk: {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(SNAPSHOT_DISK_ARGSINFO))}"
+            )
+        opts = CONF.snapshot
+        image_id = kwargs.get("image_id")
+        if not isinstance(image_id, str) or not image_id or "/" in image_id:
+            raise errors.InvalidCommandParamsError(
+                "Argument image_id of step snapshot_disk is required: pass the "
+                "id of a queued Glance image to fill"
+            )
+        endpoint = kwargs.get("glance_endpoint") or opts.glance_endpoint
+        if not endpoint or not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+            raise errors.InvalidCommandParamsError(
+                "No valid Glance endpoint for step snapshot_disk: pass "
+                "glance_endpoint (http:// or https:// URL) or set "
+                "[snapshot]glance_endpoint in the agent configuration"
+            )
+        token = kwargs.get("auth_token") or None
+        if token is not None and not isinstance(token, str):
+            raise errors.InvalidCommandParamsError(
+                "Argument auth_token of step snapshot_disk must be a string"
+            )
+        disk_format = kwargs.get("disk_format")
+        if disk_format is not None and disk_format not in ("qcow2", "raw"):
+            raise _bad_arg("disk_format", disk_format, "qcow2 or raw")
+        compression = kwargs.get("compression", opts.compression)
+        if compression not in ("zstd", "zlib", "none"):
+            raise _bad_arg("compression", compression, "zstd, zlib or none")
+        level = kwargs.get("compression_level", opts.compression_level)
+        level = None if level is None else _as_int("compression_level", level)
+        threads = _as_int("threads", kwargs.get("threads", opts.threads), 0)
+        cluster_size = _as_size("cluster_size", kwargs.get("cluster_size", opts.cluster_size))
+        memory_limit = _as_size("memory_limit", kwargs.get("memory_limit", opts.memory_limit))
+        skip_free_space = _as_bool("skip_free_space", kwargs.get("skip_free_space", opts.skip_free_space))
+        insecure = _as_bool("insecure", kwargs.get("insecure", opts.insecure))
+        verify: bool | str = opts.ca_file or not insecure
+
+        device = kwargs.get("device")
+        if device is not None and (not isinstance(device, str) or not device.startswith("/")):
+            raise _bad_arg("device", device, "an absolute device path such as /dev/sda")
+        if device is None:
+            device = hardware.dispatch_to_managers("get_os_install_device", permit_refresh=True)
+            LOG.info("Snapshot: using the node's root device %s", device)
+        devices.check_capturable(device)
+
+        images = GlanceImages(endpoint, token, verify, opts.api_timeout)
+        image = images.get(image_id)
+        if image.get("status") != "queued":
+            raise ImageServiceError(
+                f"Image {image_id} is {image.get('status')}, not queued: "
+                "snapshot into a new image (images receive data only once)"
+            )
+        image_format = image.get("disk_format")
+        if image_format not in ("qcow2", "raw"):
+            raise ImageServiceError(
+                f"Image {image_id} has disk_format {image_format!r}: create "
+                "it with disk_format qcow2 or raw (and container_format bare)"
+            )
+        if disk_format is None:
+            disk_format = image_format
+        elif disk_format != image_format:
+            raise errors.InvalidCommandParamsError(
+                f"Argument disk_format {disk_format} differs from the "
+                f"disk_format {image_format} of image {image_id}: Glance would "
+                "reject the data; drop the argument or create a matching image"
+            )
+
+        LOG.info(
+            "Snapshot of %(device)s into image %(image)s at %(endpoint)s as "
+            "%(format)s (compression %(compression)s)",
+            {"device": device, "image": image_id, "endpoint": images.endpoint,
+             "format": disk_format, "compression": compression},
+        )
+        engine = importlib.import_module("ironic_snapshot._engine")
+        try:
+            report = engine.capture(
+                device,
+                glance_image=image_id,
+                glance_endpoint=images.endpoint,
+                token=token,
+                format=disk_format,
+                compression=compression,
+                level=level,
+                cluster_size=cluster_size,
+                threads=threads,
+                memory_limit=memory_limit,
+                skip_free_space=skip_free_space,
+                progress=_ProgressLog(device),
+                progress_interval=float(opts.progress_interval),
+                insecure=insecure,
+                ca_file=opts.ca_file,
+            )
+        except exceptions.InvalidInputError as exc:
+            raise errors.InvalidCommandParamsError(f"Step snapshot_disk: {exc}") from exc
+        except exceptions.SourceError as exc:
+            raise errors.BlockDeviceError(f"Reading {device} failed: {exc}") from exc
+        except exceptions.UploadError as exc:
+            raise ImageServiceError(
+                f"Upload of {device} into image {image_id} failed, the image "
+                f"is not active: {exc}"
+            ) from exc
+        except exceptions.VerificationError as exc:
+            raise ImageVerificationError(
+                f"Image {image_id} does not match the data of {device}: {exc}. "
+                "Delete the image and snapshot again"
+            ) from exc
+        except exceptions.SnapshotError as exc:
+            raise SnapshotEngineError(f"Capture of {device} failed: {exc}") from exc
+
+        LOG.info(
+            "Snapshot of %(device)s into image %(image)s done: %(size)s image "
+            "of a %(vsize)s disk in %(seconds).1f s, sha256 %(sha256)s",
+            {"device": device, "image": image_id,
+             "size": _human(report["image_size"]),
+             "vsize": _human(report["virtual_size"]),
+             "seconds": report["seconds"], "sha256": report["sha256"]},
+        )
+        properties = self._report_properties(report, node, device)
+        try:
+            images.set_properties(image_id, properties)
+        except ImageServiceError as exc:
+            raise ImageServiceError(
+                f"Image {image_id} is stored and verified, but the snapshot "
+                f"report could not be recorded on it: {exc.details}"
+            ) from exc
+        return {"image_id": image_id, "device": device, "report": report}
+
+    @staticmethod
+    def _report_properties(report: dict[str, Any], node: dict[str, Any], device: str) -> dict[str, str]:
+        """The report as ``snapshot_*`` image properties (strings only)."""
+        properties = {
+            "sha256": report["sha256"],
+            "sha512": report["sha512"],
+            "md5": report["md5"],
+            "virtual_size": report["virtual_size"],
+            "image_size": report["image_size"],
+            "bytes_read": report["bytes_read"],
+            "seconds": f"{report['seconds']:.3f}",
+            "format": report["format"],
+            "compression": report["compression"],
+            "cluster_size": report["cluster_size"],
+            "tool_version": report["tool_version"],
+            "node": node.get("uuid"),
+            "device": device,
+            "source_image": (node.get("instance_info") or {}).get("image_source"),
+        }
+        return {
+            PROPERTY_PREFIX + name: str(value)
+            for name, value in properties.items()
+            if value is not None
+        }
