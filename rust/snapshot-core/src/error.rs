@@ -155,6 +155,26 @@ pub enum Error {
         /// Which digest or size differs, with both values.
         detail: String,
     },
+    /// The remote image exists but cannot take data in its current state.
+    #[error("{service} image {image_id} is {status}, not queued: create a new image and capture into it")]
+    ImageNotQueued {
+        /// Which service (`Glance`).
+        service: &'static str,
+        /// The remote image id.
+        image_id: String,
+        /// The image's current status.
+        status: String,
+    },
+    /// The identity service's catalog lists no endpoint for a service.
+    #[error("The Keystone catalog has no {interface} endpoint for service type {service_type}{region}: give the endpoint explicitly or check OS_INTERFACE and OS_REGION_NAME")]
+    EndpointNotFound {
+        /// The service type looked for (`image`).
+        service_type: String,
+        /// The endpoint interface looked for (`public`).
+        interface: String,
+        /// ` in region R` when a region was asked for, else empty.
+        region: String,
+    },
     /// The caller cancelled the capture.
     #[error("Capture cancelled")]
     Cancelled,
@@ -177,7 +197,8 @@ impl Error {
             | Error::ShortRead { .. }
             | Error::SourceChanged { .. } => ErrorKind::Source,
             Error::OutputWrite { .. } => ErrorKind::Output,
-            Error::Http { .. } | Error::Connection { .. } => ErrorKind::Upload,
+            Error::Http { .. } | Error::Connection { .. } | Error::ImageNotQueued { .. } => ErrorKind::Upload,
+            Error::EndpointNotFound { .. } => ErrorKind::InvalidInput,
             Error::VerificationFailed { .. } => ErrorKind::Verification,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Internal(_) => ErrorKind::Internal,
