@@ -292,6 +292,9 @@ def bench(args, work):
         stamps[disk] = (st.st_size, st.st_mtime_ns)
         with contextlib.ExitStack() as stack:
             dev = attach(stack, disk)
+            # The kernel drops a block device's page cache when its last opener
+            # closes it: hold it open so the warm-up read stays cached for the runs.
+            stack.enter_context(open(dev, "rb", buffering=0))
             bench_disk(args, label, disk, dev, contenders, work, results, failures, has_noskip)
         subprocess.run(["sync"], check=False)
         st = os.stat(disk)
