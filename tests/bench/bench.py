@@ -110,6 +110,8 @@ def warm(dev):
 def timed(cmd, out_path, log_path):
     """Run cmd under GNU time -v; return a result dict (raises if it fails)."""
     time_file = str(log_path) + ".time"
+    # Other work on the machine skews wall times: record the load it saw.
+    load = os.getloadavg()[0]
     with open(log_path, "w") as log:
         start = time.monotonic()
         res = subprocess.run(
@@ -133,6 +135,7 @@ def timed(cmd, out_path, log_path):
         "sys_s": field("System time (seconds)"),
         "rss_mib": field("Maximum resident set size (kbytes)") / 1024,
         "size": os.stat(out_path).st_size,
+        "load_before": load,
     }
     if res.stdout.strip():
         try:
@@ -347,7 +350,8 @@ def bench_disk(args, label, disk, dev, contenders, work, results, failures, has_
                 continue
             entry["runs"].append(r)
             print("bench: %-16s run %d: %7.2f s wall, %7.2f s cpu, %6.1f MiB rss, %8.1f MiB out"
-                  % (key, i + 1, r["wall_s"], r["user_s"] + r["sys_s"], r["rss_mib"], r["size"] / MIB),
+                  ", load %.1f before" % (key, i + 1, r["wall_s"], r["user_s"] + r["sys_s"], r["rss_mib"],
+                                          r["size"] / MIB, r["load_before"]),
                   flush=True)
             if entry["validation"] is None and name != "qemu":
                 try:
