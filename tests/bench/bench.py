@@ -298,7 +298,7 @@ def bench(args, work):
             # The kernel drops a block device's page cache when its last opener
             # closes it: hold it open so the warm-up read stays cached for the runs.
             stack.enter_context(open(dev, "rb", buffering=0))
-            bench_disk(args, label, disk, dev, contenders, work, results, failures, has_noskip)
+            bench_disk(args, label, disk, dev, contenders, work, results, failures)
         subprocess.run(["sync"], check=False)
         st = os.stat(disk)
         if (st.st_size, st.st_mtime_ns) != stamps[disk]:
@@ -317,7 +317,7 @@ def bench(args, work):
     return 1 if failures else 0
 
 
-def bench_disk(args, label, disk, dev, contenders, work, results, failures, has_noskip):
+def bench_disk(args, label, disk, dev, contenders, work, results, failures):
     """Warm the cache, run the contenders alternately, validate first outputs."""
     if label == "8G":
         print("bench: %s: %s on %s (read-only); warming the page cache..." % (label, disk, dev), flush=True)
@@ -378,6 +378,13 @@ def stats(entry, field):
     return [r[field] for r in entry["runs"]]
 
 
+def cpu_median(entry):
+    """Median user+system seconds of an entry's runs, or None."""
+    if not entry or not entry["runs"]:
+        return None
+    return median([r["user_s"] + r["sys_s"] for r in entry["runs"]])
+
+
 def print_summary(results):
     print()
     print("%-16s %4s %22s %9s %9s %10s %10s  %s" % (
@@ -424,6 +431,12 @@ def print_targets(results):
     for key, e in results.items():
         if "ours" in key and e["runs"]:
             check("peak RSS MiB %s" % key, max(stats(e, "rss_mib")), "<", TARGET_RSS_MIB)
+    # CPU seconds do not depend on what else the machine runs: a steadier view.
+    q_cpu = cpu_median(results.get("8G qemu"))
+    for key in ("8G ours-noskip", "8G ours"):
+        o_cpu = cpu_median(results.get(key))
+        if q_cpu and o_cpu:
+            print("info  %-44s %8.2f  (cpu seconds, no target)" % ("cpu time qemu / %s" % key, q_cpu / o_cpu))
     t8, t64 = med("8G ours", "wall_s"), med("64G ours", "wall_s")
     check("time 64G ours / 8G ours", t64 / t8 if t8 and t64 else None, "<=", TARGET_SCALING)
     for m in missed:
