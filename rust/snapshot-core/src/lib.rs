@@ -11,8 +11,10 @@
 //! [`capture`]. It logs through `tracing` and reports progress through the
 //! [`Progress`] trait so that each front end renders it its own way.
 
+pub mod digest;
 pub mod error;
 pub mod fs;
+pub mod keystone;
 pub mod options;
 pub mod progress;
 pub mod report;

@@ -5,6 +5,9 @@
 //! qcow2 header into cluster 0 after everything else (one pass). Forward-only
 //! sinks get the very same bytes, header first, through the spool.
 
+pub mod glance;
+pub mod http;
+
 use crate::error::Result;
 
 /// A destination for image bytes.

@@ -1,0 +1,563 @@
+//! Glance sink: streams image bytes into an existing Glance image with one
+//! chunked `PUT /v2/images/{id}/file`, then checks Glance's own digests.
+//!
+//! The upload runs in its own thread (reqwest's blocking client pulls the body
+//! from a reader); [`Sink::write`] hands 1 MiB chunks to it through a bounded
+//! channel, so memory stays at a few MiB whatever the image size and a slow
+//! Glance slows the capture down instead of filling memory.
+//!
+//! What Glance is left with:
+//! - after [`Sink::finish`] succeeded: an `active` image holding every byte;
+//! - after [`Sink::abort`] (or a dropped sink): the request body is broken off
+//!   without its final chunk, so Glance sees a truncated upload, discards the
+//!   data and puts the image back to `queued`. It never becomes `active` with
+//!   partial data. Deleting the image is left to the caller, which created it;
+//! - after Glance itself died mid-upload: whatever its restart makes of an
+//!   image stuck in `saving` (never `active`); the capture fails with
+//!   [`Error::Connection`].
+
+use std::io::{self, Read};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use reqwest::blocking::Client;
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+
+use super::Sink;
+use super::http::{self, TlsOptions};
+use crate::digest::Digests;
+use crate::error::{Error, Result};
+use crate::options::GlanceTarget;
+
+/// Service name in messages.
+const SERVICE: &str = "Glance";
+/// Bytes handed to the upload thread at a time.
+const CHUNK: usize = 1 << 20;
+/// Chunks queued for the upload thread: bounds memory to about
+/// `(QUEUE + 2) * CHUNK`.
+const QUEUE: usize = 4;
+/// Time limit of the small metadata requests (not of the upload).
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the writer passes to the upload thread.
+enum Chunk {
+    /// Image bytes, in order.
+    Data(Vec<u8>),
+    /// All bytes were sent: end the body cleanly.
+    End,
+}
+
+/// The request body: reads chunks from the channel. A sender that goes away
+/// without sending [`Chunk::End`] (abort, error, drop) makes the read fail,
+/// which makes reqwest break the body off instead of terminating it: Glance
+/// must never take a truncated stream for a complete image.
+struct ChannelReader {
+    rx: Receiver<Chunk>,
+    current: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.ended {
+                return Ok(0);
+            }
+            if self.pos < self.current.len() {
+                let n = buf.len().min(self.current.len() - self.pos);
+                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            match self.rx.recv() {
+                Ok(Chunk::Data(data)) => {
+                    self.current = data;
+                    self.pos = 0;
+                }
+                Ok(Chunk::End) => self.ended = true,
+                Err(_) => return Err(io::Error::other("The capture broke off the upload")),
+            }
+        }
+    }
+}
+
+/// A forward-only [`Sink`] uploading into one Glance image.
+pub struct GlanceSink {
+    image_id: String,
+    api: String,
+    token: Option<HeaderValue>,
+    meta_client: Client,
+    tx: Option<Sender<Chunk>>,
+    worker: Option<JoinHandle<Result<()>>>,
+    pending: Vec<u8>,
+}
+
+/// Checks that the image exists and is `queued`, then starts the upload.
+///
+/// Errors: [`Error::InvalidOption`] for a bad endpoint, image id, token or CA
+/// file; [`Error::Http`] when Glance refuses the lookup (404: create the image
+/// first); [`Error::ImageNotQueued`] when the image already holds data or is
+/// being filled; [`Error::Connection`] when Glance cannot be reached.
+pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
+    let api = api_base(&target.endpoint)?;
+    check_image_id(&target.image_id)?;
+    let token = token_header(target)?;
+    let tls = TlsOptions {
+        insecure: target.insecure,
+        ca_file: target.ca_file.as_deref(),
+    };
+    let meta_client = http::client(&tls, Some(API_TIMEOUT))?;
+    let image = get_image(&meta_client, &api, &target.image_id, token.as_ref())?;
+    let status = image
+        .get("status")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    if status != "queued" {
+        return Err(Error::ImageNotQueued {
+            service: SERVICE,
+            image_id: target.image_id.clone(),
+            status: status.to_owned(),
+        });
+    }
+
+    // The upload itself has no overall time limit: a multi-GiB image over a
+    // slow link takes what it takes. A dead Glance still breaks the
+    // connection or fails TCP keep-alive.
+    let upload_client = http::client(&tls, None)?;
+    let (tx, rx) = bounded::<Chunk>(QUEUE);
+    let url = format!("{api}/images/{}/file", target.image_id);
+    let image_id = target.image_id.clone();
+    let worker_token = token.clone();
+    let worker = thread::Builder::new()
+        .name("glance-upload".into())
+        .spawn(move || upload(upload_client, url, image_id, worker_token, rx))
+        .map_err(|err| Error::Internal(format!("Cannot start the upload thread: {err}")))?;
+    tracing::info!(image_id = %target.image_id, endpoint = %api, "Uploading into Glance image");
+    Ok(GlanceSink {
+        image_id: target.image_id.clone(),
+        api,
+        token,
+        meta_client,
+        tx: Some(tx),
+        worker: Some(worker),
+        pending: Vec::with_capacity(CHUNK),
+    })
+}
+
+/// The upload thread: one PUT whose body is read from `rx`.
+fn upload(
+    client: Client,
+    url: String,
+    image_id: String,
+    token: Option<HeaderValue>,
+    rx: Receiver<Chunk>,
+) -> Result<()> {
+    let body = reqwest::blocking::Body::new(ChannelReader {
+        rx,
+        current: Vec::new(),
+        pos: 0,
+        ended: false,
+    });
+    let mut request = client
+        .put(&url)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(body);
+    if let Some(token) = token {
+        request = request.header("X-Auth-Token", token);
+    }
+    let action = format!("upload of image {image_id}");
+    let response = request.send().map_err(|err| connection(&action, err))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.bytes().unwrap_or_default();
+    Err(Error::Http {
+        service: SERVICE,
+        action,
+        status: status.as_u16(),
+        message: http::error_message(status, &body),
+    })
+}
+
+impl GlanceSink {
+    /// Hands the pending bytes to the upload thread.
+    fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
+        self.send(Chunk::Data(data))
+    }
+
+    fn send(&mut self, chunk: Chunk) -> Result<()> {
+        let Some(tx) = &self.tx else {
+            return Err(Error::Internal(
+                "Glance upload written after it ended".into(),
+            ));
+        };
+        if tx.send(chunk).is_ok() {
+            return Ok(());
+        }
+        // The upload thread stopped reading: the request ended early, so its
+        // result says why (Glance refused the data or the connection broke).
+        self.tx = None;
+        Err(match self.join() {
+            Err(err) => err,
+            Ok(()) => Error::Internal("Glance accepted the upload before all data was sent".into()),
+        })
+    }
+
+    /// Waits for the upload thread and returns its result.
+    fn join(&mut self) -> Result<()> {
+        match self.worker.take() {
+            Some(worker) => worker.join().unwrap_or_else(|_| {
+                Err(Error::Internal("The Glance upload thread panicked".into()))
+            }),
+            None => Err(Error::Internal("Glance upload already ended".into())),
+        }
+    }
+}
+
+impl Sink for GlanceSink {
+    fn seekable(&self) -> bool {
+        false
+    }
+
+    fn write(&mut self, mut buf: &[u8]) -> Result<()> {
+        while !buf.is_empty() {
+            let room = CHUNK - self.pending.len();
+            let take = room.min(buf.len());
+            self.pending.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.pending.len() == CHUNK {
+                self.flush_pending()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, _offset: u64, _buf: &[u8]) -> Result<()> {
+        Err(Error::Internal(
+            "A Glance upload is forward-only: write_at is not supported".into(),
+        ))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.flush_pending()?;
+        self.send(Chunk::End)?;
+        self.tx = None;
+        self.join()?;
+        tracing::info!(image_id = %self.image_id, "Glance accepted the upload");
+        Ok(())
+    }
+
+    fn abort(mut self: Box<Self>) {
+        // Dropping the sender without Chunk::End makes the body read fail, so
+        // the body is broken off rather than ended.
+        self.pending = Vec::new();
+        self.tx = None;
+        if self.worker.is_some() {
+            let _ = self.join();
+        }
+        match get_image(
+            &self.meta_client,
+            &self.api,
+            &self.image_id,
+            self.token.as_ref(),
+        ) {
+            Ok(image) => {
+                let status = image
+                    .get("status")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown");
+                tracing::warn!(image_id = %self.image_id, status, "Glance upload broken off");
+            }
+            Err(err) => {
+                tracing::warn!(image_id = %self.image_id, error = %err, "Glance upload broken off; image status unknown");
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("glance:{}", self.image_id)
+    }
+}
+
+/// Checks that Glance stored exactly the image that was sent: status
+/// `active`, `size` equal to `image_size`, `checksum` equal to the MD5 and
+/// `os_hash_value` equal to the SHA-512 (or SHA-256, whichever
+/// `os_hash_algo` names).
+///
+/// Errors: [`Error::VerificationFailed`] naming the first field that differs
+/// with both values; [`Error::Http`] / [`Error::Connection`] when the image
+/// cannot be read back.
+pub fn verify(target: &GlanceTarget, digests: &Digests, image_size: u64) -> Result<()> {
+    let api = api_base(&target.endpoint)?;
+    check_image_id(&target.image_id)?;
+    let token = token_header(target)?;
+    let tls = TlsOptions {
+        insecure: target.insecure,
+        ca_file: target.ca_file.as_deref(),
+    };
+    let client = http::client(&tls, Some(API_TIMEOUT))?;
+    let image = get_image(&client, &api, &target.image_id, token.as_ref())?;
+    check_image(&target.image_id, &image, digests, image_size)?;
+    tracing::info!(image_id = %target.image_id, "Glance's size and digests match the image sent");
+    Ok(())
+}
+
+/// The comparison behind [`verify`], on an image record.
+fn check_image(
+    image_id: &str,
+    image: &serde_json::Value,
+    digests: &Digests,
+    image_size: u64,
+) -> Result<()> {
+    let failed = |detail: String| Error::VerificationFailed {
+        service: SERVICE,
+        image_id: image_id.to_owned(),
+        detail,
+    };
+    let text = |key: &str| {
+        image
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_ascii_lowercase)
+    };
+    let status = text("status").unwrap_or_else(|| "unknown".into());
+    if status != "active" {
+        return Err(failed(format!("status is {status}, expected active")));
+    }
+    match image.get("size").and_then(|v| v.as_u64()) {
+        Some(size) if size == image_size => {}
+        Some(size) => {
+            return Err(failed(format!(
+                "size is {size} bytes, {image_size} were sent"
+            )));
+        }
+        None => return Err(failed("Glance reports no size".into())),
+    }
+    let checksum = text("checksum");
+    if let Some(checksum) = &checksum
+        && *checksum != digests.md5
+    {
+        return Err(failed(format!(
+            "checksum (MD5) is {checksum}, the image sent has {}",
+            digests.md5
+        )));
+    }
+    let hash_value = text("os_hash_value");
+    if let Some(value) = &hash_value {
+        let algo = text("os_hash_algo").unwrap_or_default();
+        let expected = match algo.as_str() {
+            "sha512" => &digests.sha512,
+            "sha256" => &digests.sha256,
+            other => {
+                return Err(failed(format!(
+                    "os_hash_algo is {other:?}, which ironic-snapshot does not compute: set Glance's hashing_algorithm to sha512"
+                )));
+            }
+        };
+        if value != expected {
+            return Err(failed(format!(
+                "os_hash_value ({algo}) is {value}, the image sent has {expected}"
+            )));
+        }
+    }
+    if checksum.is_none() && hash_value.is_none() {
+        return Err(failed(
+            "Glance reports neither checksum nor os_hash_value".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `{endpoint}/v2`, whether the endpoint was given with or without `/v2`
+/// and trailing slashes.
+fn api_base(endpoint: &str) -> Result<String> {
+    let base = http::base_url("glance endpoint", endpoint)?;
+    let base = base
+        .strip_suffix("/v2")
+        .unwrap_or(&base)
+        .trim_end_matches('/');
+    Ok(format!("{base}/v2"))
+}
+
+/// Image ids go into URL paths: allow only what Glance ids are made of.
+fn check_image_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::InvalidOption {
+            option: "glance image",
+            reason: format!(
+                "{id:?} is not an image id: give the id (a UUID) of a queued Glance image"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn token_header(target: &GlanceTarget) -> Result<Option<HeaderValue>> {
+    target
+        .token
+        .as_ref()
+        .map(|token| {
+            let mut value =
+                HeaderValue::from_str(token.expose()).map_err(|_| Error::InvalidOption {
+                    option: "token",
+                    reason: "The token holds characters not allowed in an HTTP header".into(),
+                })?;
+            value.set_sensitive(true);
+            Ok(value)
+        })
+        .transpose()
+}
+
+/// GETs an image record.
+fn get_image(
+    client: &Client,
+    api: &str,
+    image_id: &str,
+    token: Option<&HeaderValue>,
+) -> Result<serde_json::Value> {
+    let action = format!("lookup of image {image_id}");
+    let mut request = client.get(format!("{api}/images/{image_id}"));
+    if let Some(token) = token {
+        request = request.header("X-Auth-Token", token.clone());
+    }
+    let response = request.send().map_err(|err| connection(&action, err))?;
+    let status = response.status();
+    let body = response.bytes().map_err(|err| connection(&action, err))?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(Error::Http {
+            service: SERVICE,
+            action,
+            status: status.as_u16(),
+            message: format!(
+                "No image {image_id}: create the image first (disk format qcow2 or raw, container format bare) and pass its id"
+            ),
+        });
+    }
+    if !status.is_success() {
+        let mut message = http::error_message(status, &body);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            message.push_str(" (check the token: it may have expired)");
+        }
+        return Err(Error::Http {
+            service: SERVICE,
+            action,
+            status: status.as_u16(),
+            message,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|err| Error::Http {
+        service: SERVICE,
+        action,
+        status: status.as_u16(),
+        message: format!(
+            "The answer is not an image record ({err}): is the endpoint really Glance?"
+        ),
+    })
+}
+
+fn connection(action: &str, err: reqwest::Error) -> Error {
+    Error::Connection {
+        service: SERVICE,
+        action: action.to_owned(),
+        source: Box::new(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn digests() -> Digests {
+        Digests {
+            md5: "aa".into(),
+            sha256: "bb".into(),
+            sha512: "cc".into(),
+        }
+    }
+
+    fn image() -> serde_json::Value {
+        json!({"status": "active", "size": 10, "checksum": "aa", "os_hash_algo": "sha512", "os_hash_value": "cc"})
+    }
+
+    #[test]
+    fn endpoint_forms() {
+        for form in [
+            "http://h:9292",
+            "http://h:9292/",
+            "http://h:9292/v2",
+            "http://h:9292/v2/",
+        ] {
+            assert_eq!(api_base(form).unwrap(), "http://h:9292/v2", "{form}");
+        }
+        assert_eq!(api_base("https://h/image").unwrap(), "https://h/image/v2");
+    }
+
+    #[test]
+    fn image_ids() {
+        assert!(check_image_id("0b0e7b53-7f07-4d2f-9c0b-5a3d1f1f7a11").is_ok());
+        for bad in ["", "../x", "a/b", "a?b"] {
+            assert!(check_image_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn verify_accepts_match() {
+        check_image("i", &image(), &digests(), 10).unwrap();
+    }
+
+    #[test]
+    fn verify_names_the_field() {
+        let cases = [
+            ("status", json!("saving"), "status is saving"),
+            ("size", json!(11), "size is 11 bytes"),
+            ("checksum", json!("ab"), "checksum (MD5) is ab"),
+            ("os_hash_value", json!("cd"), "os_hash_value (sha512) is cd"),
+            (
+                "os_hash_algo",
+                json!("sha3_512"),
+                "os_hash_algo is \"sha3_512\"",
+            ),
+        ];
+        for (key, value, expect) in cases {
+            let mut record = image();
+            record[key] = value;
+            let err = check_image("i", &record, &digests(), 10).unwrap_err();
+            assert!(matches!(err, Error::VerificationFailed { .. }));
+            assert!(err.to_string().contains(expect), "{err}");
+        }
+    }
+
+    #[test]
+    fn verify_needs_some_digest() {
+        let record =
+            json!({"status": "active", "size": 10, "checksum": null, "os_hash_value": null});
+        let err = check_image("i", &record, &digests(), 10).unwrap_err();
+        assert!(err.to_string().contains("neither"), "{err}");
+    }
+
+    #[test]
+    fn token_never_in_debug() {
+        let target = GlanceTarget {
+            endpoint: "http://h".into(),
+            image_id: "i".into(),
+            token: Some(crate::options::Secret::new("s3cr3t-token")),
+            insecure: false,
+            ca_file: None,
+        };
+        let header = token_header(&target).unwrap().unwrap();
+        assert!(!format!("{header:?}").contains("s3cr3t"));
+        assert!(!format!("{target:?}").contains("s3cr3t"));
+    }
+}

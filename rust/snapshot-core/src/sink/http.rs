@@ -1,0 +1,217 @@
+//! HTTP plumbing shared by the Glance sink and the Keystone client: one way
+//! to build a TLS client, normalise endpoints and turn error answers into
+//! short messages.
+//!
+//! TLS is rustls with the webpki root set compiled in (the static CLI must
+//! not depend on the host's OpenSSL or CA files), plus an optional PEM bundle.
+//! Host names are resolved by hickory (reads `/etc/resolv.conf` and
+//! `/etc/hosts` itself), so a static binary needs no NSS modules.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How long to wait for a TCP connection (and TLS handshake) to be set up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive probes find a peer that vanished without closing the connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Longest service message kept in an error.
+const MAX_MESSAGE: usize = 400;
+
+/// TLS settings of a connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions<'a> {
+    /// Accept any server certificate (test clouds only).
+    pub insecure: bool,
+    /// PEM bundle of extra CA certificates to trust.
+    pub ca_file: Option<&'a Path>,
+}
+
+/// Builds a blocking client. `timeout` bounds each whole request; `None`
+/// lets an upload take as long as it needs (a dead peer is still found by
+/// the connection breaking or by TCP keep-alive).
+pub fn client(
+    tls: &TlsOptions<'_>,
+    timeout: Option<Duration>,
+) -> Result<reqwest::blocking::Client> {
+    let mut builder = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .user_agent(concat!("ironic-snapshot/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .timeout(timeout)
+        .danger_accept_invalid_certs(tls.insecure);
+    if let Some(path) = tls.ca_file {
+        let pem = std::fs::read(path).map_err(|err| Error::InvalidOption {
+            option: "ca_file",
+            reason: format!("Cannot read CA bundle {}: {err}", path.display()),
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| Error::InvalidOption {
+                option: "ca_file",
+                reason: format!(
+                    "{} holds no PEM certificates: give a PEM CA bundle",
+                    path.display()
+                ),
+            })?;
+        if certs.is_empty() {
+            return Err(Error::InvalidOption {
+                option: "ca_file",
+                reason: format!(
+                    "{} holds no PEM certificates: give a PEM CA bundle",
+                    path.display()
+                ),
+            });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|err| Error::Internal(format!("Cannot build the HTTP client: {err}")))
+}
+
+/// Checks and normalises a service base URL: `http(s)://host[:port][/path]`
+/// without trailing `/`. Credentials, query strings and fragments are refused
+/// because URLs end up in messages and logs.
+pub fn base_url(option: &'static str, url: &str) -> Result<String> {
+    let invalid = |reason: &str| Error::InvalidOption {
+        option,
+        reason: reason.to_owned(),
+    };
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|_| invalid("Not a URL: give one such as https://cloud.example.org:9292"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("Only http:// and https:// URLs are supported"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("The URL has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            "The URL must not carry credentials: pass a token instead",
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid("The URL must not have a query string or fragment"));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
+}
+
+/// A short, single-line message out of an error answer's body: the
+/// `message`/`title`/`description` of a JSON body (OpenStack services use
+/// `{"error": {"message": ...}}`, webob `{"message": ...}`), else the text of
+/// an HTML or plain body. Falls back to the status's reason phrase.
+pub fn error_message(status: reqwest::StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let from_json = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|value| {
+            let inner = value.get("error").unwrap_or(&value);
+            ["message", "description", "title"]
+                .iter()
+                .find_map(|key| inner.get(key).and_then(|v| v.as_str()).map(str::to_owned))
+        });
+    let message = from_json.unwrap_or_else(|| strip_html(&text));
+    let reason = status.canonical_reason().unwrap_or("");
+    // webob repeats the status line ("409 Conflict") before the detail.
+    let message = message.trim();
+    let message = message
+        .strip_prefix(&format!("{} {reason}", status.as_u16()))
+        .unwrap_or(message)
+        .trim();
+    if message.is_empty() {
+        return reason.to_owned();
+    }
+    let mut short: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if short.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !short.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        short.truncate(cut);
+        short.push_str("...");
+    }
+    short
+}
+
+/// Drops tags and the `<head>` of an HTML page, keeps the text.
+fn strip_html(text: &str) -> String {
+    let body = match (text.find("<body"), text.rfind("</body>")) {
+        (Some(start), Some(end)) if start < end => &text[start..end],
+        _ => text,
+    };
+    let mut out = String::with_capacity(body.len());
+    let mut in_tag = false;
+    for ch in body.chars() {
+        match ch {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' => in_tag = false,
+            _ if !in_tag => out.push(ch),
+            _ => {}
+        }
+    }
+    out.replace("&nbsp;", " ")
+        .replace("&#39;", "'")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn normalises_urls() {
+        assert_eq!(
+            base_url("x", "http://127.0.0.1:9292/").unwrap(),
+            "http://127.0.0.1:9292"
+        );
+        assert_eq!(
+            base_url("x", "https://h/image/v2/").unwrap(),
+            "https://h/image/v2"
+        );
+        for bad in [
+            "ftp://h",
+            "not a url",
+            "http://u:p@h/",
+            "http://h/?token=1",
+            "http://h/#x",
+        ] {
+            assert!(base_url("x", bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn secrets_in_urls_are_not_echoed() {
+        let err = base_url("x", "http://admin:hunter2@h/")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn webob_html_message() {
+        let body = b"<html>\n <head>\n  <title>409 Conflict</title>\n </head>\n <body>\n  <h1>409 Conflict</h1>\n  Image status transition from active to saving is not allowed<br /><br />\n\n\n\n </body>\n</html>";
+        assert_eq!(
+            error_message(StatusCode::CONFLICT, body),
+            "Image status transition from active to saving is not allowed"
+        );
+    }
+
+    #[test]
+    fn json_messages() {
+        let keystone = br#"{"error":{"code":401,"message":"The request you have made requires authentication.","title":"Unauthorized"}}"#;
+        assert_eq!(
+            error_message(StatusCode::UNAUTHORIZED, keystone),
+            "The request you have made requires authentication."
+        );
+        assert_eq!(error_message(StatusCode::NOT_FOUND, b""), "Not Found");
+    }
+}
