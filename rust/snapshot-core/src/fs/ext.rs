@@ -1,0 +1,529 @@
+//! ext2, ext3 and ext4: which blocks the block bitmaps mark in use.
+//!
+//! Reads the superblock, the group descriptors and the block bitmap of every
+//! initialised group straight from the device. Kept: every block a bitmap
+//! marks in use, all metadata (superblock copies, descriptor tables, reserved
+//! descriptor blocks, bitmaps, inode tables) wherever it lives (`flex_bg`),
+//! the boot block and anything past the end of the filesystem.
+//!
+//! Trusted only when it can be: a journal to replay, a filesystem not marked
+//! clean or marked with errors, unknown or unsupported features (`meta_bg`,
+//! `bigalloc`, snapshots), failed superblock, descriptor or bitmap
+//! checksums, a descriptor free count the bitmap disagrees with, or a
+//! metadata block the bitmap marks free all make the partition read whole.
+
+use std::ops::Range;
+
+use super::crc::{crc16_update, crc32c_update};
+use super::field::{le16, le32, le64};
+use super::{ALLOCATED_ONLY, Allocation, Probe, Reason, Slice};
+
+const MAGIC: u16 = 0xEF53;
+
+const COMPAT_HAS_JOURNAL: u32 = 0x4;
+const COMPAT_SPARSE_SUPER2: u32 = 0x200;
+
+const INCOMPAT_FILETYPE: u32 = 0x2;
+const INCOMPAT_RECOVER: u32 = 0x4;
+const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+const INCOMPAT_META_BG: u32 = 0x10;
+const INCOMPAT_64BIT: u32 = 0x80;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+/// filetype, extents, 64bit, mmp, flex_bg, ea_inode, dirdata, csum_seed,
+/// largedir, inline_data, encrypt, casefold: none changes where blocks are
+/// accounted, so the bitmaps stay the truth.
+const INCOMPAT_UNDERSTOOD: u32 = 0x2
+    | 0x40
+    | 0x80
+    | 0x100
+    | 0x200
+    | 0x400
+    | 0x1000
+    | 0x2000
+    | 0x4000
+    | 0x8000
+    | 0x10000
+    | 0x20000;
+
+const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+const RO_COMPAT_GDT_CSUM: u32 = 0x10;
+const RO_COMPAT_BIGALLOC: u32 = 0x200;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+/// Everything but has_snapshot (0x80), bigalloc (0x200) and replica (0x800).
+const RO_COMPAT_UNDERSTOOD: u32 = 0x1
+    | 0x2
+    | 0x4
+    | 0x8
+    | 0x10
+    | 0x20
+    | 0x40
+    | 0x100
+    | 0x400
+    | 0x1000
+    | 0x2000
+    | 0x4000
+    | 0x8000
+    | 0x10000;
+
+const STATE_VALID: u16 = 0x1;
+const STATE_ERROR: u16 = 0x2;
+
+const BG_BLOCK_UNINIT: u16 = 0x2;
+
+/// Largest descriptor table read (64 MiB: one million groups of 64 bytes).
+const MAX_GDT_BYTES: u64 = 64 << 20;
+/// Largest single bitmap read when coalescing adjacent bitmaps.
+const MAX_BATCH_BYTES: u64 = 1 << 20;
+
+/// Recognises ext2/3/4 by its superblock magic and plans it.
+pub(crate) fn probe(slice: &Slice<'_>) -> Option<Probe> {
+    let sb = slice.read(1024, 1024).ok()?;
+    if le16(&sb, 0x38).ok()? != MAGIC {
+        return None;
+    }
+    Some(Probe {
+        content: name(&sb).into(),
+        result: plan(slice, &sb),
+    })
+}
+
+/// The name blkid would give, from the feature flags.
+fn name(sb: &[u8]) -> &'static str {
+    let compat = le32(sb, 0x5C).unwrap_or(0);
+    let incompat = le32(sb, 0x60).unwrap_or(0);
+    let ro_compat = le32(sb, 0x64).unwrap_or(0);
+    if incompat & INCOMPAT_JOURNAL_DEV != 0 {
+        "jbd"
+    } else if incompat & !(INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG) != 0
+        || ro_compat & !(RO_COMPAT_SPARSE_SUPER | 0x2 | 0x4) != 0
+    {
+        "ext4"
+    } else if compat & COMPAT_HAS_JOURNAL != 0 {
+        "ext3"
+    } else {
+        "ext2"
+    }
+}
+
+/// Geometry and features taken from a checked superblock.
+struct Geometry {
+    block_size: u64,
+    blocks: u64,
+    first_data_block: u64,
+    blocks_per_group: u64,
+    groups: u64,
+    desc_size: usize,
+    gdt_blocks: u64,
+    reserved_gdt_blocks: u64,
+    itable_blocks: u64,
+    sparse_super: bool,
+    backup_bgs: Option<[u64; 2]>,
+    /// Checksum flavour of descriptors, which also decides whether `BLOCK_UNINIT` counts.
+    csum: Csum,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Csum {
+    None,
+    /// `uninit_bg` / `gdt_csum`: CRC16 over UUID, group number and descriptor.
+    Crc16,
+    /// `metadata_csum`: CRC32C with this seed, also over block bitmaps.
+    Crc32c(u32),
+}
+
+/// One group descriptor, the fields planning needs.
+struct Desc {
+    block_bitmap: u64,
+    inode_bitmap: u64,
+    inode_table: u64,
+    free_blocks: u64,
+    flags: u16,
+    bitmap_csum: u32,
+}
+
+fn plan(slice: &Slice<'_>, sb: &[u8]) -> Result<Allocation, Reason> {
+    let geo = geometry(slice, sb)?;
+    let uuid = sb.get(0x68..0x78).ok_or("superblock too short")?;
+    let descs = descriptors(slice, &geo, uuid)?;
+
+    // All metadata, in blocks, wherever flex_bg put it.
+    let mut meta: Vec<Range<u64>> = Vec::new();
+    for g in 0..geo.groups {
+        if has_super(&geo, g) {
+            let start = group_start(&geo, g);
+            meta.push(start..start + 1 + geo.gdt_blocks + geo.reserved_gdt_blocks);
+        }
+    }
+    for d in &descs {
+        meta.push(d.block_bitmap..d.block_bitmap + 1);
+        meta.push(d.inode_bitmap..d.inode_bitmap + 1);
+        meta.push(d.inode_table..d.inode_table + geo.itable_blocks);
+    }
+    if le32(sb, 0x60)? & 0x100 != 0 {
+        // MMP block: kept even if a bitmap forgot it.
+        let mmp = le64(sb, 0x168)?;
+        if mmp < geo.blocks {
+            meta.push(mmp..mmp + 1);
+        }
+    }
+    for r in &meta {
+        if r.end > geo.blocks || r.start < geo.first_data_block {
+            return Err("metadata block lies outside the filesystem".into());
+        }
+    }
+    super::normalize(&mut meta, geo.blocks);
+
+    let mut used: Vec<Range<u64>> = meta.clone();
+    let uninit_counts = geo.csum != Csum::None;
+    let mut wanted: Vec<(u64, u64)> = descs
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !(uninit_counts && d.flags & BG_BLOCK_UNINIT != 0))
+        .map(|(g, d)| (d.block_bitmap, g as u64))
+        .collect();
+    wanted.sort_unstable();
+
+    // Read bitmaps in runs of adjacent blocks: flex_bg packs them together.
+    let bs = geo.block_size;
+    let mut i = 0;
+    while i < wanted.len() {
+        let mut j = i + 1;
+        while j < wanted.len()
+            && wanted[j].0 == wanted[j - 1].0 + 1
+            && (j - i + 1) as u64 * bs <= MAX_BATCH_BYTES
+        {
+            j += 1;
+        }
+        let buf = slice.read(wanted[i].0 * bs, ((j - i) as u64 * bs) as usize)?;
+        for (k, &(_, g)) in wanted[i..j].iter().enumerate() {
+            let bitmap = &buf[k * bs as usize..(k + 1) * bs as usize];
+            group_blocks(&geo, g, &descs[g as usize], bitmap, &meta, &mut used)?;
+        }
+        i = j;
+    }
+
+    super::normalize(&mut used, geo.blocks);
+    let used_blocks: u64 = used.iter().map(|r| r.end - r.start).sum();
+    let mut ranges: Vec<Range<u64>> = used.into_iter().map(|r| r.start * bs..r.end * bs).collect();
+    // The boot block and the primary superblock, and whatever follows the filesystem.
+    ranges.push(0..2048.max(bs));
+    ranges.push(geo.blocks * bs..slice.size());
+    Ok(Allocation {
+        ranges,
+        bytes_used: Some(used_blocks * bs),
+        handling: ALLOCATED_ONLY,
+    })
+}
+
+/// Checks the superblock and derives the geometry, or says why it cannot be trusted.
+fn geometry(slice: &Slice<'_>, sb: &[u8]) -> Result<Geometry, Reason> {
+    let compat = le32(sb, 0x5C)?;
+    let incompat = le32(sb, 0x60)?;
+    let ro_compat = le32(sb, 0x64)?;
+    let state = le16(sb, 0x3A)?;
+    if incompat & INCOMPAT_RECOVER != 0 {
+        return Err("journal needs recovery (filesystem not cleanly unmounted)".into());
+    }
+    if incompat & INCOMPAT_JOURNAL_DEV != 0 {
+        return Err("external journal device".into());
+    }
+    if state & STATE_ERROR != 0 {
+        return Err("filesystem has errors recorded; run e2fsck".into());
+    }
+    if state & STATE_VALID == 0 {
+        return Err("filesystem not cleanly unmounted".into());
+    }
+    if incompat & INCOMPAT_META_BG != 0 {
+        return Err("meta_bg layout not supported".into());
+    }
+    if ro_compat & RO_COMPAT_BIGALLOC != 0 {
+        return Err("bigalloc not supported".into());
+    }
+    if incompat & !INCOMPAT_UNDERSTOOD != 0 || ro_compat & !RO_COMPAT_UNDERSTOOD != 0 {
+        return Err(format!(
+            "unsupported features (incompat {:#x}, ro_compat {:#x})",
+            incompat & !INCOMPAT_UNDERSTOOD,
+            ro_compat & !RO_COMPAT_UNDERSTOOD
+        ));
+    }
+    let csum = if ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
+        if sb.get(0x175) != Some(&1) {
+            return Err("unknown metadata checksum type".into());
+        }
+        let stored = le32(sb, 0x3FC)?;
+        if crc32c_update(!0, sb.get(..0x3FC).ok_or("superblock too short")?) != stored {
+            return Err("superblock checksum mismatch".into());
+        }
+        let seed = if incompat & INCOMPAT_CSUM_SEED != 0 {
+            le32(sb, 0x270)?
+        } else {
+            crc32c_update(!0, sb.get(0x68..0x78).ok_or("superblock too short")?)
+        };
+        Csum::Crc32c(seed)
+    } else if ro_compat & RO_COMPAT_GDT_CSUM != 0 {
+        Csum::Crc16
+    } else {
+        Csum::None
+    };
+
+    let log_block = le32(sb, 0x18)?;
+    if log_block > 6 {
+        return Err("invalid block size".into());
+    }
+    let block_size = 1024u64 << log_block;
+    let mut blocks = u64::from(le32(sb, 0x4)?);
+    let desc_size = if incompat & INCOMPAT_64BIT != 0 {
+        blocks |= u64::from(le32(sb, 0x150)?) << 32;
+        let ds = usize::from(le16(sb, 0xFE)?);
+        if !(64..=1024).contains(&ds) || !ds.is_power_of_two() {
+            return Err("invalid group descriptor size".into());
+        }
+        ds
+    } else {
+        32
+    };
+    let first_data_block = u64::from(le32(sb, 0x14)?);
+    if first_data_block != u64::from(block_size == 1024) {
+        return Err("unexpected first data block".into());
+    }
+    let blocks_per_group = u64::from(le32(sb, 0x20)?);
+    if blocks_per_group < 8 || blocks_per_group > 8 * block_size || blocks_per_group % 8 != 0 {
+        return Err("invalid blocks per group".into());
+    }
+    if u64::from(le32(sb, 0x24)?) != blocks_per_group {
+        return Err("clusters per group differs from blocks per group".into());
+    }
+    if blocks <= first_data_block {
+        return Err("filesystem has no data blocks".into());
+    }
+    let fs_bytes = blocks
+        .checked_mul(block_size)
+        .ok_or("block count overflows")?;
+    if fs_bytes > slice.size() {
+        return Err("filesystem is larger than its partition".into());
+    }
+    let groups = (blocks - first_data_block).div_ceil(blocks_per_group);
+    let gdt_bytes = groups * desc_size as u64;
+    if gdt_bytes > MAX_GDT_BYTES {
+        return Err("group descriptor table implausibly large".into());
+    }
+    let inodes_per_group = u64::from(le32(sb, 0x28)?);
+    let inode_size = if le32(sb, 0x4C)? == 0 {
+        128
+    } else {
+        u64::from(le16(sb, 0x58)?)
+    };
+    if inode_size < 128 || inode_size > block_size || !inode_size.is_power_of_two() {
+        return Err("invalid inode size".into());
+    }
+    if inodes_per_group == 0 || inodes_per_group > 8 * block_size {
+        return Err("invalid inodes per group".into());
+    }
+    let inodes = u64::from(le32(sb, 0x0)?);
+    if inodes != inodes_per_group * groups {
+        return Err("inode count disagrees with the group count".into());
+    }
+    let backup_bgs = (compat & COMPAT_SPARSE_SUPER2 != 0)
+        .then(|| Ok::<_, Reason>([u64::from(le32(sb, 0x24C)?), u64::from(le32(sb, 0x250)?)]))
+        .transpose()?;
+    Ok(Geometry {
+        block_size,
+        blocks,
+        first_data_block,
+        blocks_per_group,
+        groups,
+        desc_size,
+        gdt_blocks: gdt_bytes.div_ceil(block_size),
+        reserved_gdt_blocks: u64::from(le16(sb, 0xCE)?),
+        itable_blocks: (inodes_per_group * inode_size).div_ceil(block_size),
+        sparse_super: ro_compat & RO_COMPAT_SPARSE_SUPER != 0,
+        backup_bgs,
+        csum,
+    })
+}
+
+/// Reads and verifies every group descriptor.
+fn descriptors(slice: &Slice<'_>, geo: &Geometry, uuid: &[u8]) -> Result<Vec<Desc>, Reason> {
+    let ds = geo.desc_size;
+    let table = slice.read(
+        (geo.first_data_block + 1) * geo.block_size,
+        geo.groups as usize * ds,
+    )?;
+    let mut descs = Vec::with_capacity(geo.groups as usize);
+    for (g, raw) in table.chunks_exact(ds).enumerate() {
+        let hi = |off: usize| -> Result<u64, Reason> {
+            if ds >= 64 {
+                le32(raw, off).map(u64::from)
+            } else {
+                Ok(0)
+            }
+        };
+        let hi16 = |off: usize| -> Result<u64, Reason> {
+            if ds >= 64 {
+                le16(raw, off).map(u64::from)
+            } else {
+                Ok(0)
+            }
+        };
+        let stored = le16(raw, 0x1E)?;
+        let group = (g as u32).to_le_bytes();
+        let computed = match geo.csum {
+            Csum::None => stored,
+            Csum::Crc32c(seed) => {
+                let mut crc = crc32c_update(seed, &group);
+                crc = crc32c_update(crc, &raw[..0x1E]);
+                crc = crc32c_update(crc, &[0, 0]);
+                crc = crc32c_update(crc, &raw[0x20..]);
+                (crc & 0xFFFF) as u16
+            }
+            Csum::Crc16 => {
+                let mut crc = crc16_update(!0, uuid);
+                crc = crc16_update(crc, &group);
+                crc = crc16_update(crc, &raw[..0x1E]);
+                crc16_update(crc, &raw[0x20..])
+            }
+        };
+        if computed != stored {
+            return Err(format!("group descriptor {g} checksum mismatch"));
+        }
+        let bitmap_csum_hi = if ds >= 0x3A { le16(raw, 0x38)? } else { 0 };
+        let d = Desc {
+            block_bitmap: u64::from(le32(raw, 0x0)?) | hi(0x20)? << 32,
+            inode_bitmap: u64::from(le32(raw, 0x4)?) | hi(0x24)? << 32,
+            inode_table: u64::from(le32(raw, 0x8)?) | hi(0x28)? << 32,
+            free_blocks: u64::from(le16(raw, 0xC)?) | hi16(0x2C)? << 16,
+            flags: le16(raw, 0x12)?,
+            bitmap_csum: u32::from(le16(raw, 0x18)?) | u32::from(bitmap_csum_hi) << 16,
+        };
+        let inside = |b: u64, n: u64| {
+            b >= geo.first_data_block && b.checked_add(n).is_some_and(|e| e <= geo.blocks)
+        };
+        if !inside(d.block_bitmap, 1)
+            || !inside(d.inode_bitmap, 1)
+            || !inside(d.inode_table, geo.itable_blocks)
+        {
+            return Err(format!(
+                "group descriptor {g} points outside the filesystem"
+            ));
+        }
+        if d.free_blocks > geo.blocks_per_group {
+            return Err(format!("group descriptor {g} has an impossible free count"));
+        }
+        descs.push(d);
+    }
+    Ok(descs)
+}
+
+/// First block of group `g`.
+fn group_start(geo: &Geometry, g: u64) -> u64 {
+    geo.first_data_block + g * geo.blocks_per_group
+}
+
+/// Whether group `g` holds a superblock copy and descriptor table.
+fn has_super(geo: &Geometry, g: u64) -> bool {
+    if g == 0 {
+        return true;
+    }
+    if let Some(bgs) = geo.backup_bgs {
+        return bgs.contains(&g);
+    }
+    if g == 1 || !geo.sparse_super {
+        return true;
+    }
+    if g % 2 == 0 {
+        return false;
+    }
+    [3u64, 5, 7].iter().any(|&base| {
+        let mut n = base;
+        while n < g {
+            n *= base;
+        }
+        n == g
+    })
+}
+
+/// Checks one group's bitmap and adds the blocks it marks in use.
+fn group_blocks(
+    geo: &Geometry,
+    g: u64,
+    desc: &Desc,
+    bitmap: &[u8],
+    meta: &[Range<u64>],
+    used: &mut Vec<Range<u64>>,
+) -> Result<(), Reason> {
+    let bits = geo.blocks_per_group as usize;
+    let start = group_start(geo, g);
+    let in_group = (geo.blocks - start).min(geo.blocks_per_group) as usize;
+    let map = bitmap
+        .get(..bits / 8)
+        .ok_or("bitmap shorter than a group")?;
+    if let Csum::Crc32c(seed) = geo.csum {
+        let crc = crc32c_update(seed, map);
+        let mask = if geo.desc_size >= 0x3A {
+            u32::MAX
+        } else {
+            0xFFFF
+        };
+        if crc & mask != desc.bitmap_csum {
+            return Err(format!("block bitmap of group {g} checksum mismatch"));
+        }
+    }
+    let set = |i: usize| map[i / 8] & (1 << (i % 8)) != 0;
+
+    // Every metadata block inside this group must be marked in use.
+    let end = start + in_group as u64;
+    let first = meta.partition_point(|r| r.end <= start);
+    for r in meta[first..].iter().take_while(|r| r.start < end) {
+        for b in r.start.max(start)..r.end.min(end) {
+            if !set((b - start) as usize) {
+                return Err(format!(
+                    "block bitmap of group {g} marks metadata block {b} free"
+                ));
+            }
+        }
+    }
+
+    let mut free = 0u64;
+    let mut i = 0usize;
+    while i < in_group {
+        // Whole bytes at once when aligned: most bytes are all ones or all zeros.
+        if i % 8 == 0 && i + 8 <= in_group {
+            match map[i / 8] {
+                0x00 => {
+                    free += 8;
+                    i += 8;
+                    continue;
+                }
+                0xFF => {
+                    let run = i;
+                    while i + 8 <= in_group && map[i / 8] == 0xFF {
+                        i += 8;
+                    }
+                    while i < in_group && set(i) {
+                        i += 1;
+                    }
+                    used.push(start + run as u64..start + i as u64);
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if set(i) {
+            let run = i;
+            while i < in_group && set(i) {
+                i += 1;
+            }
+            used.push(start + run as u64..start + i as u64);
+        } else {
+            free += 1;
+            i += 1;
+        }
+    }
+    if free != desc.free_blocks {
+        return Err(format!(
+            "block bitmap of group {g} has {free} free blocks, its descriptor says {}",
+            desc.free_blocks
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! Partition tables: GPT (primary or backup header, any number of entries)
+//! and MBR (primary, extended and logical partitions).
+//!
+//! Only tables whose checksums and bounds hold are used; a table that is
+//! present but broken is an error, which makes the whole disk read.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use super::field::{le32, le64};
+use super::{ReadAt, Reason, read_full};
+use crate::fs::crc::crc32;
+
+/// What a partition is for, as far as its type code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Ordinary data: planned by content.
+    Data,
+    /// EFI system partition.
+    Esp,
+    /// GPT BIOS boot partition (GRUB core image).
+    BiosBoot,
+    /// PowerPC PReP boot partition.
+    Prep,
+}
+
+impl Role {
+    /// Why a partition of this role is always read whole, if it is.
+    pub(crate) fn keep_whole(self) -> Option<&'static str> {
+        match self {
+            Role::Data => None,
+            Role::Esp => Some("EFI system partition (boot area)"),
+            Role::BiosBoot => Some("BIOS boot partition (boot area)"),
+            Role::Prep => Some("PReP boot partition (boot area)"),
+        }
+    }
+}
+
+/// One partition, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Part {
+    /// Number as tools show it (GPT entry index + 1; MBR 1-4, logical from 5).
+    pub number: u32,
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes (non-zero).
+    pub size: u64,
+    /// What the type code says.
+    pub role: Role,
+}
+
+/// A disk's partitions and the areas its tables occupy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Partitions sorted by start, non-overlapping, inside the disk.
+    pub partitions: Vec<Part>,
+    /// Byte ranges of the tables themselves (GPT headers and entry arrays).
+    pub tables: Vec<Range<u64>>,
+}
+
+const ESP: [u8; 16] = [
+    0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B,
+];
+const BIOS_BOOT: [u8; 16] = *b"Hah!IdontNeedEFI";
+const PREP: [u8; 16] = [
+    0x38, 0x2D, 0x1A, 0x9E, 0x12, 0xC6, 0x16, 0x43, 0xAA, 0x26, 0x8B, 0x49, 0x52, 0x1E, 0x5A, 0x8B,
+];
+/// Largest GPT entry array read (the usual one is 16 KiB).
+const MAX_GPT_ENTRIES_BYTES: u64 = 16 << 20;
+/// Longest chain of extended boot records followed.
+const MAX_LOGICAL: u32 = 1024;
+
+/// Reads the partition table: `Ok(None)` when there is none, `Err` when one is
+/// present but cannot be trusted.
+pub(crate) fn read(disk: &dyn ReadAt, size: u64) -> Result<Option<Layout>, Reason> {
+    let mut mbr = [0u8; 512];
+    if size < 512 || read_full(disk, 0, &mut mbr).is_err() {
+        return Ok(None);
+    }
+    let has_mbr = mbr[510..512] == [0x55, 0xAA];
+    let protective = has_mbr && (0..4).any(|i| mbr[0x1BE + 16 * i + 4] == 0xEE);
+
+    let mut gpt_seen = false;
+    for sector in [512u64, 4096] {
+        match gpt(disk, size, sector) {
+            Ok(Some(layout)) => return check(layout, size).map(Some),
+            Ok(None) => {}
+            Err(reason) => {
+                gpt_seen = true;
+                tracing::debug!(sector, %reason, "GPT not usable");
+                if protective || sector == 4096 {
+                    return Err(reason);
+                }
+            }
+        }
+    }
+    if protective || gpt_seen {
+        return Err("protective MBR but no valid GPT header".into());
+    }
+    if !has_mbr {
+        return Ok(None);
+    }
+    mbr_layout(disk, size, &mbr)
+        .and_then(|layout| check(layout, size))
+        .map(Some)
+}
+
+/// Sorts partitions and checks that they lie inside the disk without overlapping.
+fn check(mut layout: Layout, size: u64) -> Result<Layout, Reason> {
+    layout.partitions.sort_by_key(|p| p.start);
+    let mut end = 0;
+    for p in &layout.partitions {
+        let p_end = p
+            .start
+            .checked_add(p.size)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| format!("partition {} extends beyond the disk end", p.number))?;
+        if p.start < end {
+            return Err(format!("partition {} overlaps another partition", p.number));
+        }
+        end = p_end;
+    }
+    Ok(layout)
+}
+
+struct GptHeader {
+    alternate: u64,
+    first_usable: u64,
+    last_usable: u64,
+    entries_lba: u64,
+    entries: u32,
+    entry_size: u32,
+    entries_crc: u32,
+}
+
+/// Parses and verifies the GPT header at `lba`.
+fn gpt_header(
+    disk: &dyn ReadAt,
+    lba: u64,
+    sector: u64,
+    sectors: u64,
+) -> Result<Option<GptHeader>, Reason> {
+    let mut buf = vec![0u8; sector as usize];
+    read_full(disk, lba * sector, &mut buf)?;
+    if &buf[..8] != b"EFI PART" {
+        return Ok(None);
+    }
+    let header_size = le32(&buf, 12)? as usize;
+    if header_size < 92 || header_size > buf.len() {
+        return Err(format!("GPT header at LBA {lba} has an invalid size"));
+    }
+    let stored = le32(&buf, 16)?;
+    let mut copy = buf[..header_size].to_vec();
+    copy[16..20].fill(0);
+    if crc32(&copy) != stored {
+        return Err(format!("GPT header at LBA {lba} fails its checksum"));
+    }
+    let header = GptHeader {
+        alternate: le64(&buf, 32)?,
+        first_usable: le64(&buf, 40)?,
+        last_usable: le64(&buf, 48)?,
+        entries_lba: le64(&buf, 72)?,
+        entries: le32(&buf, 80)?,
+        entry_size: le32(&buf, 84)?,
+        entries_crc: le32(&buf, 88)?,
+    };
+    if le64(&buf, 24)? != lba {
+        return Err(format!("GPT header at LBA {lba} names another location"));
+    }
+    if header.first_usable > header.last_usable.saturating_add(1) || header.last_usable >= sectors {
+        return Err(format!(
+            "GPT header at LBA {lba} has usable LBAs outside the disk"
+        ));
+    }
+    Ok(Some(header))
+}
+
+/// Reads the GPT for one sector size; `Ok(None)` when there is no header at all.
+fn gpt(disk: &dyn ReadAt, size: u64, sector: u64) -> Result<Option<Layout>, Reason> {
+    let sectors = size / sector;
+    if sectors < 3 {
+        return Ok(None);
+    }
+    let primary = gpt_header(disk, 1, sector, sectors);
+    let (header, lba) = match primary {
+        Ok(Some(h)) => (h, 1),
+        other => {
+            // Primary missing or broken: the backup at the last LBA may still be good.
+            match gpt_header(disk, sectors - 1, sector, sectors) {
+                Ok(Some(h)) => (h, sectors - 1),
+                Ok(None) | Err(_) => return other.map(|_| None),
+            }
+        }
+    };
+    let entry_size = u64::from(header.entry_size);
+    if entry_size < 128 || entry_size % 8 != 0 {
+        return Err("GPT entry size is invalid".into());
+    }
+    let array_bytes = entry_size * u64::from(header.entries);
+    if array_bytes > MAX_GPT_ENTRIES_BYTES {
+        return Err("GPT entry array is implausibly large".into());
+    }
+    let array_start = header
+        .entries_lba
+        .checked_mul(sector)
+        .filter(|&s| s.checked_add(array_bytes).is_some_and(|e| e <= size))
+        .ok_or("GPT entry array lies outside the disk")?;
+    let mut array = vec![0u8; array_bytes as usize];
+    read_full(disk, array_start, &mut array)?;
+    if crc32(&array) != header.entries_crc {
+        return Err("GPT entry array fails its checksum".into());
+    }
+
+    let mut partitions = Vec::new();
+    for (index, entry) in array.chunks_exact(entry_size as usize).enumerate() {
+        if entry[..16].iter().all(|&b| b == 0) {
+            continue;
+        }
+        let number = u32::try_from(index + 1).map_err(|_| "too many GPT entries".to_string())?;
+        let first = le64(entry, 32)?;
+        let last = le64(entry, 40)?;
+        if first > last || first < header.first_usable || last > header.last_usable {
+            return Err(format!(
+                "GPT partition {number} lies outside the usable area"
+            ));
+        }
+        let role = match <[u8; 16]>::try_from(&entry[..16]) {
+            Ok(ESP) => Role::Esp,
+            Ok(BIOS_BOOT) => Role::BiosBoot,
+            Ok(PREP) => Role::Prep,
+            _ => Role::Data,
+        };
+        partitions.push(Part {
+            number,
+            start: first * sector,
+            size: (last - first + 1) * sector,
+            role,
+        });
+    }
+
+    // Both copies of the table: headers and entry arrays, wherever they are.
+    let array_sectors = array_bytes.div_ceil(sector);
+    let mut tables = vec![
+        lba * sector..(lba + 1) * sector,
+        array_start..array_start + array_bytes,
+    ];
+    let other = if lba == 1 { header.alternate } else { 1 };
+    if other < sectors {
+        tables.push(other * sector..(other + 1) * sector);
+        if other > lba {
+            // The backup array sits just below the backup header.
+            let start = other.saturating_sub(array_sectors) * sector;
+            tables.push(start..other * sector);
+        } else {
+            tables.push(2 * sector..(2 + array_sectors) * sector);
+        }
+    }
+    Ok(Some(Layout { partitions, tables }))
+}
+
+fn is_extended(kind: u8) -> bool {
+    matches!(kind, 0x05 | 0x0F | 0x85)
+}
+
+fn role_of(kind: u8) -> Role {
+    match kind {
+        0xEF => Role::Esp,
+        0x41 => Role::Prep,
+        _ => Role::Data,
+    }
+}
+
+/// One MBR/EBR slot: (status, type, first LBA, sectors).
+fn slot(sector: &[u8], i: usize) -> Result<(u8, u8, u64, u64), Reason> {
+    let base = 0x1BE + 16 * i;
+    Ok((
+        sector[base],
+        sector[base + 4],
+        u64::from(le32(sector, base + 8)?),
+        u64::from(le32(sector, base + 12)?),
+    ))
+}
+
+/// Reads an MBR and its chain of extended boot records (512-byte sectors).
+fn mbr_layout(disk: &dyn ReadAt, size: u64, mbr: &[u8]) -> Result<Layout, Reason> {
+    let mut partitions = Vec::new();
+    let mut extended = None;
+    for i in 0..4 {
+        let (status, kind, first, count) = slot(mbr, i)?;
+        if kind == 0 || count == 0 {
+            continue;
+        }
+        if status != 0 && status != 0x80 {
+            return Err("MBR partition entry has an invalid status byte".into());
+        }
+        if is_extended(kind) {
+            if extended.is_some() {
+                return Err("MBR has more than one extended partition".into());
+            }
+            extended = Some((first, count));
+            continue;
+        }
+        partitions.push(Part {
+            number: i as u32 + 1,
+            start: first * 512,
+            size: count * 512,
+            role: role_of(kind),
+        });
+    }
+    if let Some((ext_first, ext_count)) = extended {
+        let ext_end = ext_first + ext_count;
+        let mut ebr = ext_first;
+        let mut seen = HashSet::new();
+        let mut number = 5;
+        loop {
+            if !seen.insert(ebr) || number > MAX_LOGICAL + 4 {
+                return Err("extended boot records form a loop".into());
+            }
+            if ebr < ext_first || ebr >= ext_end {
+                return Err("extended boot record outside the extended partition".into());
+            }
+            let mut sector = [0u8; 512];
+            read_full(disk, ebr * 512, &mut sector)?;
+            if sector[510..512] != [0x55, 0xAA] {
+                return Err(format!(
+                    "extended boot record at LBA {ebr} has no signature"
+                ));
+            }
+            let (_, kind, rel, count) = slot(&sector, 0)?;
+            if kind != 0 && count != 0 {
+                let first = ebr + rel;
+                if first <= ebr || first + count > ext_end {
+                    return Err(format!(
+                        "logical partition {number} lies outside the extended partition"
+                    ));
+                }
+                partitions.push(Part {
+                    number,
+                    start: first * 512,
+                    size: count * 512,
+                    role: role_of(kind),
+                });
+                number += 1;
+            }
+            let (_, next_kind, next_rel, next_count) = slot(&sector, 1)?;
+            if next_kind == 0 || next_count == 0 {
+                break;
+            }
+            if !is_extended(next_kind) {
+                return Err(format!(
+                    "extended boot record at LBA {ebr} links to a non-extended entry"
+                ));
+            }
+            ebr = ext_first + next_rel;
+        }
+    }
+    let _ = size;
+    Ok(Layout {
+        partitions,
+        tables: Vec::new(),
+    })
+}
