@@ -10,6 +10,9 @@
 # virtualenvs of every interpreter listed in WHEEL_PYTHONS (default python3.11
 # and, when present, python3.12) and import ironic_snapshot._engine there.
 #
+# Usage: .ci/wheel.sh               build the wheel, then check it
+#        .ci/wheel.sh --check WHEEL  only check an existing wheel
+#
 # Environment:
 #   VENV            the virtualenv holding maturin, ziglang, auditwheel (.venv)
 #   WHEEL_OUT       keep the built wheel in this folder (default: discarded)
@@ -31,29 +34,46 @@ die() {
     exit 1
 }
 
-for tool in maturin auditwheel; do
+check_only=
+case ${1:-} in
+    --check)
+        [[ -f ${2:-} ]] || die "Usage: .ci/wheel.sh --check WHEEL (an existing .whl file)"
+        check_only=$(realpath "$2")
+        ;;
+    "") ;;
+    *) die "Usage: .ci/wheel.sh [--check WHEEL]" ;;
+esac
+
+tools=(auditwheel)
+[[ -n $check_only ]] || tools+=(maturin)
+for tool in "${tools[@]}"; do
     [[ -x $venv/bin/$tool ]] || die "$tool is missing from $venv; install tests/requirements.txt there first"
 done
-"$venv/bin/python" -c 'import ziglang' 2> /dev/null ||
-    die "The ziglang package is missing from $venv; install tests/requirements.txt there first"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-say "Building the abi3 manylinux_${max_glibc//./_} wheel with zig"
-start=$(date +%s)
-# maturin finds zig through the ziglang package of the Python on PATH.
-PATH="$venv/bin:$PATH" "$venv/bin/maturin" build --release --locked --zig \
-    --compatibility "manylinux_${max_glibc//./_}" \
-    -i python3.11 --out "$work/dist" >&2
-build_seconds=$(($(date +%s) - start))
+if [[ -n $check_only ]]; then
+    wheel=$check_only
+    build_seconds=0
+else
+    "$venv/bin/python" -c 'import ziglang' 2> /dev/null ||
+        die "The ziglang package is missing from $venv; install tests/requirements.txt there first"
+    say "Building the abi3 manylinux_${max_glibc//./_} wheel with zig"
+    start=$(date +%s)
+    # maturin finds zig through the ziglang package of the Python on PATH.
+    PATH="$venv/bin:$PATH" "$venv/bin/maturin" build --release --locked --zig \
+        --compatibility "manylinux_${max_glibc//./_}" \
+        -i python3.11 --out "$work/dist" >&2
+    build_seconds=$(($(date +%s) - start))
 
-shopt -s nullglob
-wheels=("$work"/dist/*.whl)
-((${#wheels[@]} == 1)) || die "Expected one wheel, found ${#wheels[@]}: ${wheels[*]}"
-wheel=${wheels[0]}
+    shopt -s nullglob
+    wheels=("$work"/dist/*.whl)
+    ((${#wheels[@]} == 1)) || die "Expected one wheel, found ${#wheels[@]}: ${wheels[*]}"
+    wheel=${wheels[0]}
+    say "Built $(basename "$wheel") in ${build_seconds}s"
+fi
 name=$(basename "$wheel")
-say "Built $name in ${build_seconds}s"
 
 # File name: ironic_snapshot-VERSION-cp311-abi3-manylinux_2_X_x86_64[.manylinux...].whl
 IFS=- read -r _ _ py_tag abi_tag plat_tag <<< "${name%.whl}"
@@ -135,9 +155,10 @@ EOF
 done
 ((installed > 0)) || die "The wheel was installed into no interpreter"
 
-if [[ -n ${WHEEL_OUT:-} ]]; then
+if [[ -n ${WHEEL_OUT:-} && -z $check_only ]]; then
     mkdir -p "$WHEEL_OUT"
     cp "$wheel" "$WHEEL_OUT/"
     say "Kept $WHEEL_OUT/$name"
 fi
-say "Wheel $name: abi3, $plat_tag (auditwheel: $audit_tag), imports on ${installed} interpreter(s), built in ${build_seconds}s"
+built=${check_only:+"checked only"}
+say "Wheel $name: abi3, $plat_tag (auditwheel: $audit_tag), imports on ${installed} interpreter(s), ${built:-built in ${build_seconds}s}"
