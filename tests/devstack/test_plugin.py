@@ -1,0 +1,309 @@
+"""The DevStack plugin's phases, run in bash against DevStack stand-ins.
+
+See :mod:`harness` for what is real and what records calls: the plugin
+scripts, the settings, the runbook file, ironic-python-agent-builder, DIB's
+element resolver and the element's extra-data.d hook are real.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .harness import ELEMENTS, IMAGE_ID, NODES, REPO, WHEEL_NAME, Harness
+
+ALL_STACK = ("stack:install", "stack:post-config", "stack:extra", "stack:test-config")
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def wheel_dir(h: Harness) -> Path:
+    return h.dest / "data" / "ironic-snapshot" / "wheels"
+
+
+def test_full_stack_builds_wheel_ramdisk_runbook_and_tempest_flags(harness: Harness) -> None:
+    r = harness.run(*ALL_STACK)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    # install: maturin builds the abi3 manylinux wheel from the checkout, pip installs it.
+    assert r.of("pip_install")[0]["args"] == ["maturin[zig]>=1.7,<2"]
+    (maturin,) = r.of("maturin")
+    args = maturin["args"]
+    assert args[0] == "build"
+    assert {"--release", "--locked", "--zig"} <= set(args)
+    assert args[args.index("--compatibility") + 1] == "manylinux_2_28"
+    assert args[args.index("--out") + 1] == str(wheel_dir(harness))
+    assert Path(maturin["cwd"]) == REPO
+    wheel = wheel_dir(harness) / WHEEL_NAME
+    assert r.of("pip_install")[1]["args"] == [str(wheel)]
+
+    # post-config: the real ironic-python-agent-builder ran disk-image-create
+    # with our element on top of the agent's, for CentOS Stream 9.
+    (dib,) = r.of("disk-image-create")
+    assert dib["args"][0] == "-o"
+    assert dib["args"][2:] == ["ironic-python-agent-ramdisk", "centos", "ironic-snapshot"]
+    env = dib["env"]
+    assert env["DIB_RELEASE"] == "9-stream"
+    assert env["DIB_IRONIC_SNAPSHOT_WHEEL"] == str(wheel)
+    assert env["DIB_IRONIC_SNAPSHOT_GLANCE_ENDPOINT"] == "http://192.0.2.10/image"
+    assert env["ELEMENTS_PATH"].split(":")[0] == str(ELEMENTS)
+    # DIB's resolver found our element and its dependency chain.
+    elements = json.loads((harness.root / "elements.json").read_text())
+    assert elements["ironic-snapshot"] == str(ELEMENTS / "ironic-snapshot")
+    assert "ironic-python-agent-ramdisk-base" in elements
+    # The element's extra-data.d hook copied the wheel for install.d.
+    assert (harness.root / "hooks" / "ironic-snapshot" / WHEEL_NAME).read_bytes() == b"wheel from maturin"
+    # The kernel and ramdisk sit where Ironic's plugin looks, so it uploads
+    # these instead of building or downloading its own.
+    assert harness.kernel.read_bytes() == b"kernel ironic-python-agent-ramdisk centos ironic-snapshot"
+    assert harness.ramdisk.read_bytes() == b"initramfs ironic-python-agent-ramdisk centos ironic-snapshot"
+    # The build folder is gone.
+    assert not list(harness.dest.glob("ironic-snapshot-ramdisk.*"))
+
+    # extra: queued image, runbook with the step, traits.
+    calls = r.openstack()
+    assert all(c["args"][:2] == ["--os-cloud", "devstack-admin"] for c in r.of("openstack"))
+    assert calls[0][:3] == ["image", "list", "--name"]
+    assert calls[1][:2] == ["image", "create"]
+    assert calls[1][-1] == "ironic-snapshot-runbook-target"
+    assert {"--disk-format", "qcow2", "--container-format", "bare"} <= set(calls[1])
+    assert calls[2] == ["baremetal", "runbook", "show", "CUSTOM_SNAPSHOT_DISK"]
+    create = r.of("openstack")[3]
+    assert create["args"][2:7] == ["baremetal", "runbook", "create", "--name", "CUSTOM_SNAPSHOT_DISK"]
+    assert create["steps"] == [
+        {
+            "interface": "deploy",
+            "step": "snapshot_disk",
+            "order": 1,
+            "args": {
+                "image_id": IMAGE_ID,
+                "glance_endpoint": "http://192.0.2.10/image",
+                "disk_format": "qcow2",
+                "compression": "zstd",
+                "memory_limit": "256M",
+            },
+        }
+    ]
+    # The rendered steps file is not left behind.
+    assert not Path(create["args"][-1]).exists()
+    assert calls[4] == ["baremetal", "runbook", "trait", "add", "CUSTOM_SNAPSHOT_DISK", "CUSTOM_SNAPSHOT_DISK"]
+    assert calls[5][:3] == ["baremetal", "node", "list"]
+    assert calls[6:] == [["baremetal", "node", "add", "trait", n, "CUSTOM_SNAPSHOT_DISK"] for n in NODES]
+
+    # test-config: tempest learns about the feature.
+    tempest = str(harness.dest / "tempest" / "etc" / "tempest.conf")
+    assert [c["args"] for c in r.of("iniset")] == [
+        [tempest, "baremetal_feature_enabled", "snapshot", "True"],
+        [tempest, "baremetal", "snapshot_runbook", "CUSTOM_SNAPSHOT_DISK"],
+    ]
+    assert not r.of("die")
+
+
+def test_prebuilt_wheel_is_installed_and_put_in_the_ramdisk(harness: Harness, tmp_path: Path) -> None:
+    wheel = tmp_path / "ironic_snapshot-0.1.0-cp311-abi3-manylinux_2_17_x86_64.whl"
+    wheel.write_bytes(b"prebuilt")
+    r = harness.run("stack:install", "stack:post-config", IRONIC_SNAPSHOT_WHEEL=str(wheel))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not r.of("maturin")
+    assert [c["args"] for c in r.of("pip_install")] == [[str(wheel)]]
+    assert r.of("disk-image-create")[0]["env"]["DIB_IRONIC_SNAPSHOT_WHEEL"] == str(wheel)
+    assert (harness.root / "hooks" / "ironic-snapshot" / wheel.name).read_bytes() == b"prebuilt"
+
+
+def test_post_config_alone_finds_the_wheel_built_earlier(harness: Harness) -> None:
+    # stack.sh keeps variables across phases; a re-run of one phase does not.
+    wheel_dir(harness).mkdir(parents=True)
+    (wheel_dir(harness) / WHEEL_NAME).write_bytes(b"earlier")
+    r = harness.run("stack:post-config")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.of("disk-image-create")[0]["env"]["DIB_IRONIC_SNAPSHOT_WHEEL"] == str(wheel_dir(harness) / WHEEL_NAME)
+
+
+def test_missing_prebuilt_wheel_stops_the_stack(harness: Harness, tmp_path: Path) -> None:
+    r = harness.run("stack:install", IRONIC_SNAPSHOT_WHEEL=str(tmp_path / "nope.whl"))
+    assert r.returncode != 0
+    (die,) = r.of("die")
+    assert "is not a file" in die["args"][0]
+    assert not r.of("pip_install")
+
+
+def test_without_rust_the_plugin_says_what_to_do(harness: Harness) -> None:
+    (harness.bin / "cargo").unlink()
+    r = harness.run("stack:install")
+    assert r.returncode != 0
+    (die,) = r.of("die")
+    assert "Rust" in die["args"][0] and "IRONIC_SNAPSHOT_WHEEL" in die["args"][0]
+    assert not r.of("maturin")
+
+
+def test_rust_from_rustup_in_home_is_found(harness: Harness) -> None:
+    (harness.bin / "cargo").unlink()
+    cargo = harness.home / ".cargo" / "bin" / "cargo"
+    cargo.parent.mkdir(parents=True)
+    cargo.write_text("#!/bin/sh\nexit 0\n")
+    cargo.chmod(0o755)
+    r = harness.run("stack:install")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(r.of("maturin")) == 1
+
+
+def test_ramdisk_build_can_be_turned_off(harness: Harness) -> None:
+    r = harness.run(*ALL_STACK, IRONIC_SNAPSHOT_BUILD_RAMDISK="False")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not r.of("disk-image-create")
+    assert not harness.kernel.exists() and not harness.ramdisk.exists()
+    # The rest still happens.
+    assert r.of("maturin") and r.of("iniset")
+    assert any(c[:3] == ["baremetal", "runbook", "create"] for c in r.openstack())
+
+
+def test_ramdisk_options_reach_the_builder(harness: Harness) -> None:
+    r = harness.run(
+        "stack:install",
+        "stack:post-config",
+        IRONIC_SNAPSHOT_RAMDISK_DISTRO="debian",
+        IRONIC_SNAPSHOT_RAMDISK_RELEASE="bookworm",
+        IRONIC_SNAPSHOT_RAMDISK_ELEMENTS="extra-hardware devuser",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (dib,) = r.of("disk-image-create")
+    assert dib["args"][2:] == ["ironic-python-agent-ramdisk", "debian", "ironic-snapshot", "extra-hardware", "devuser"]
+    assert dib["env"]["DIB_RELEASE"] == "bookworm"
+
+
+def test_devstack_checkouts_of_the_agent_are_used(harness: Harness) -> None:
+    ipa = harness.dest / "ironic-python-agent"
+    ipa.mkdir()
+    (harness.dest / "requirements").mkdir()
+    r = harness.run("stack:install", "stack:post-config", IRONIC_PYTHON_AGENT_DIR=str(ipa), TARGET_BRANCH="stable/x")
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = r.of("disk-image-create")[0]["env"]
+    assert env["DIB_REPOLOCATION_ironic_python_agent"] == str(ipa)
+    assert env["DIB_REPOREF_ironic_python_agent"] == "stable/x"
+    assert env["DIB_REPOLOCATION_requirements"] == str(harness.dest / "requirements")
+
+
+def test_post_config_without_ironic_deploy_paths_explains_plugin_order(harness: Harness) -> None:
+    r = harness.run("stack:install", "stack:post-config", IRONIC_DEPLOY_KERNEL="", IRONIC_DEPLOY_RAMDISK="")
+    assert r.returncode != 0
+    assert "enable the ironic plugin before ironic-snapshot" in r.of("die")[0]["args"][0]
+
+
+def test_subnode_builds_nothing_and_registers_nothing(harness: Harness) -> None:
+    r = harness.run("stack:post-config", "stack:extra", HOST_TOPOLOGY_ROLE="subnode")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not r.of("disk-image-create") and not r.of("openstack")
+
+
+def test_runbook_options_and_reuse_of_a_queued_image(harness: Harness) -> None:
+    queued = "9a8b7c6d-0000-4000-8000-000000000001"
+    r = harness.run(
+        "stack:extra",
+        IRONIC_SNAPSHOT_DEVICE="/dev/sdb",
+        IRONIC_SNAPSHOT_COMPRESSION="zlib",
+        IRONIC_SNAPSHOT_MEMORY_LIMIT="",
+        IRONIC_SNAPSHOT_RUNBOOK_NAME="CUSTOM_CAPTURE",
+        IRONIC_SNAPSHOT_APPROVE_NODES="False",
+        HARNESS_QUEUED_IMAGE=queued,
+        HARNESS_RUNBOOK_EXISTS="1",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = r.openstack()
+    assert not any(c[:2] == ["image", "create"] for c in calls)
+    # An existing runbook of that name is replaced.
+    assert ["baremetal", "runbook", "delete", "CUSTOM_CAPTURE"] in calls
+    (create,) = [c for c in r.of("openstack") if "steps" in c]
+    args = create["steps"][0]["args"]
+    assert args == {
+        "image_id": queued,
+        "glance_endpoint": "http://192.0.2.10/image",
+        "device": "/dev/sdb",
+        "disk_format": "qcow2",
+        "compression": "zlib",
+        # Empty: left out, so the agent's [snapshot]memory_limit applies.
+    }
+    assert ["baremetal", "runbook", "trait", "add", "CUSTOM_CAPTURE", "CUSTOM_CAPTURE"] in calls
+    assert not any(c[:2] == ["baremetal", "node"] for c in calls)
+
+
+def test_old_ironic_without_runbook_traits_is_not_fatal(harness: Harness) -> None:
+    r = harness.run("stack:extra", HARNESS_FAIL="runbook trait add")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "nodes are approved by the trait CUSTOM_SNAPSHOT_DISK" in r.stdout + r.stderr
+    assert len([c for c in r.openstack() if c[:3] == ["baremetal", "node", "add"]]) == len(NODES)
+
+
+def test_runbook_creation_failure_stops_the_stack(harness: Harness) -> None:
+    r = harness.run("stack:extra", HARNESS_FAIL="runbook create")
+    assert r.returncode != 0
+    assert "Could not create the runbook CUSTOM_SNAPSHOT_DISK" in r.of("die")[0]["args"][0]
+
+
+def test_runbook_placeholder_that_is_not_set_is_named(harness: Harness, tmp_path: Path) -> None:
+    steps = tmp_path / "steps.yaml"
+    steps.write_text(
+        "- interface: deploy\n  step: snapshot_disk\n  order: 1\n"
+        "  args:\n    image_id: ${IRONIC_SNAPSHOT_IMAGE_ID}\n    threads: ${IRONIC_SNAPSHOT_THREADS}\n"
+    )
+    r = harness.run("stack:extra", IRONIC_SNAPSHOT_RUNBOOK_FILE=str(steps))
+    assert r.returncode != 0
+    assert "IRONIC_SNAPSHOT_THREADS" in r.stderr
+    assert not any(c[:3] == ["baremetal", "runbook", "create"] for c in r.openstack())
+    # Set in local.conf, it is used.
+    r = harness.run("stack:extra", IRONIC_SNAPSHOT_RUNBOOK_FILE=str(steps), IRONIC_SNAPSHOT_THREADS="4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (create,) = [c for c in r.of("openstack") if "steps" in c]
+    assert create["steps"][0]["args"] == {"image_id": IMAGE_ID, "threads": "4"}
+
+
+def test_no_glance_endpoint_is_explained(harness: Harness) -> None:
+    r = harness.run("stack:extra", GLANCE_URL="")
+    assert r.returncode != 0
+    assert "IRONIC_SNAPSHOT_GLANCE_ENDPOINT" in r.of("die")[0]["args"][0]
+
+
+def test_tempest_is_left_alone_when_not_enabled(harness: Harness) -> None:
+    harness.services = ["ir-api", "ir-cond"]
+    r = harness.run("stack:test-config")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not r.of("iniset")
+
+
+def test_plugin_does_nothing_without_ironic(harness: Harness) -> None:
+    harness.services = ["glance", "tempest"]
+    r = harness.run(*ALL_STACK, "unstack", "clean")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.calls == []
+    assert not harness.kernel.exists()
+
+
+def test_unstack_touches_nothing_and_clean_removes_what_the_plugin_made(harness: Harness) -> None:
+    r = harness.run("stack:install", "stack:post-config", "unstack")
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = len(r.calls)
+    assert harness.kernel.exists() and (wheel_dir(harness) / WHEEL_NAME).exists()
+
+    r = harness.run("unstack")
+    assert r.returncode == 0 and r.calls == []
+    assert harness.kernel.exists()
+
+    r = harness.run("clean")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [c["args"] for c in r.of("pip_uninstall")] == [["ironic-snapshot"]]
+    assert not wheel_dir(harness).exists()
+    assert not harness.kernel.exists() and not harness.ramdisk.exists()
+    assert before > 0
+
+
+def test_clean_keeps_an_operator_ramdisk(harness: Harness) -> None:
+    harness.kernel.write_bytes(b"operator kernel")
+    harness.ramdisk.write_bytes(b"operator ramdisk")
+    r = harness.run("clean", IRONIC_SNAPSHOT_BUILD_RAMDISK="False")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert harness.kernel.read_bytes() == b"operator kernel"
+    assert harness.ramdisk.read_bytes() == b"operator ramdisk"
