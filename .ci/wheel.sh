@@ -98,13 +98,6 @@ for tag in "${plat_tags[@]}"; do
     glibc_ok "$tag" || die "Wheel platform tag $tag is not manylinux_${max_glibc//./_} or older"
 done
 
-say "auditwheel show"
-"$venv/bin/auditwheel" show "$wheel" | tee "$work/auditwheel.txt" >&2
-# auditwheel names the most compatible tag the wheel's symbols allow, in the
-# sentence 'constrains the platform tag to "manylinux_2_17_x86_64"'.
-audit_tag=$(tr '\n' ' ' < "$work/auditwheel.txt" | grep -o 'platform tag to "[^"]*"' | head -n 1 | cut -d'"' -f2 || true)
-[[ -n $audit_tag ]] || die "auditwheel show named no platform tag for $name"
-glibc_ok "$audit_tag" || die "auditwheel says $name needs $audit_tag, newer than manylinux_${max_glibc//./_}"
 # The extension itself must be the stable-ABI build, not only the file name.
 "$venv/bin/python" - "$wheel" << 'EOF'
 import sys
@@ -114,6 +107,14 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 if "ironic_snapshot/_engine.abi3.so" not in names:
     sys.exit(f"wheel.sh: {sys.argv[1]} has no ironic_snapshot/_engine.abi3.so: {names}")
 EOF
+
+say "auditwheel show"
+"$venv/bin/auditwheel" show "$wheel" | tee "$work/auditwheel.txt" >&2
+# auditwheel names the most compatible tag the wheel's symbols allow, in the
+# sentence 'constrains the platform tag to "manylinux_2_17_x86_64"'.
+audit_tag=$(tr '\n' ' ' < "$work/auditwheel.txt" | grep -o 'platform tag to "[^"]*"' | head -n 1 | cut -d'"' -f2 || true)
+[[ -n $audit_tag ]] || die "auditwheel show named no platform tag for $name"
+glibc_ok "$audit_tag" || die "auditwheel says $name needs $audit_tag, newer than manylinux_${max_glibc//./_}"
 
 # Finds an interpreter by name: on PATH, or (pyenv shims refuse versions that
 # are not selected) among pyenv's installed versions.
