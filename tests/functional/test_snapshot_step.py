@@ -1,0 +1,219 @@
+"""The ``snapshot_disk`` service step end to end, against real services.
+
+``baremetal node service`` on a real Ironic makes a real ironic-python-agent
+(with this package installed) capture a loop device holding a GPT disk with
+an ext4 filesystem into an image of a real Glance. The image Glance stores is
+judged by ``qemu-img check`` and ``qemu-img compare`` against the disk, and
+every failure case must leave a clear ``last_error``, no new ``active`` image
+and the disk untouched, with ``baremetal node abort`` bringing the node back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.stack.glance import GlanceServer, start_glance
+from tests.stack.ironic import IronicServer
+
+from .helpers import Disk, abort_to_active, run, run_service_step
+
+#: A recognisable fake credential: Glance without auth ignores it, so it only
+#: shows where our code (or Ironic/IPA) would leak it.
+TOKEN = "gAAAAAB-h3-fake-token-" + uuid.uuid4().hex
+
+
+def our_log_lines(agent_log: str) -> list[str]:
+    """Agent log lines written by this package's loggers."""
+    return [line for line in agent_log.splitlines() if re.search(r" ironic_snapshot[.\w]* ", line)]
+
+
+def assert_failed_cleanly(ironic: IronicServer, node: str, outcome, disk: Disk, sha_before: str,
+                          expected: str) -> None:
+    """The common checks of every failure case."""
+    assert outcome.state == "service failed", outcome.node
+    assert re.search(expected, outcome.last_error), outcome.last_error
+    assert disk.sha256() == sha_before, "the disk changed"
+    for line in our_log_lines(outcome.agent_log):
+        assert TOKEN not in line, f"our code logged the token: {line}"
+    abort_to_active(ironic, node)
+
+
+def test_snapshot_into_glance(ironic: IronicServer, glance: GlanceServer, node: str, disk: Disk,
+                              tmp_path: Path) -> None:
+    sha_before = disk.sha256()
+    image = glance.create_image("snap-ok")
+    outcome = run_service_step(ironic, node, {
+        "image_id": image["id"], "glance_endpoint": glance.endpoint, "auth_token": TOKEN,
+        "device": disk.device,
+    }, tmp_path / "ipa")
+    assert outcome.state == "active", f"{outcome.last_error}\n{outcome.agent_log[-5000:]}"
+    assert not outcome.last_error
+
+    stored = glance.get_image(image["id"])
+    assert stored["status"] == "active"
+    assert stored["disk_format"] == "qcow2"
+    data = glance.download(image["id"])
+    # Glance's own digests, the properties the step wrote and the bytes we
+    # download all agree.
+    assert stored["os_hash_algo"] == "sha512"
+    assert stored["os_hash_value"] == hashlib.sha512(data).hexdigest()
+    assert stored["checksum"] == hashlib.md5(data).hexdigest()
+    assert stored["snapshot_sha512"] == stored["os_hash_value"]
+    assert stored["snapshot_md5"] == stored["checksum"]
+    assert stored["snapshot_sha256"] == hashlib.sha256(data).hexdigest()
+    assert stored["snapshot_image_size"] == str(len(data)) == str(stored["size"])
+    assert stored["snapshot_virtual_size"] == str(disk.image.stat().st_size)
+    assert stored["snapshot_node"] == node
+    assert stored["snapshot_device"] == disk.device
+    assert stored["snapshot_format"] == "qcow2"
+    assert stored["snapshot_compression"] == "zstd"
+    assert stored["snapshot_tool_version"]
+    assert float(stored["snapshot_seconds"]) > 0
+
+    # qemu-img is the judge of the image.
+    qcow2 = tmp_path / "snap.qcow2"
+    qcow2.write_bytes(data)
+    run("qemu-img", "check", "-q", str(qcow2))
+    compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2",
+                              str(disk.image), str(qcow2)], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert disk.sha256() == sha_before, "the disk changed"
+
+    # Progress was logged, and our code never logged the token.
+    mine = our_log_lines(outcome.agent_log)
+    assert any("Snapshot of " + disk.device in line and "%" in line for line in mine), mine
+    for line in mine:
+        assert TOKEN not in line, f"our code logged the token: {line}"
+
+
+def test_unknown_image(ironic: IronicServer, glance: GlanceServer, node: str, disk: Disk,
+                       tmp_path: Path) -> None:
+    sha_before = disk.sha256()
+    missing = str(uuid.uuid4())
+    outcome = run_service_step(ironic, node, {
+        "image_id": missing, "glance_endpoint": glance.endpoint, "auth_token": TOKEN,
+        "device": disk.device}, tmp_path / "ipa")
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before,
+                          f"Image {missing} was not found in Glance")
+
+
+def test_image_not_queued(ironic: IronicServer, glance: GlanceServer, node: str, disk: Disk,
+                          tmp_path: Path) -> None:
+    sha_before = disk.sha256()
+    image = glance.create_image("already-active", disk_format="raw")
+    assert glance.upload(image["id"], b"\0" * 65536) == 204
+    before = glance.get_image(image["id"])
+    assert before["status"] == "active"
+    outcome = run_service_step(ironic, node, {
+        "image_id": image["id"], "glance_endpoint": glance.endpoint, "device": disk.device},
+        tmp_path / "ipa")
+    # The existing image is left exactly as it was.
+    after = glance.get_image(image["id"])
+    assert (after["status"], after["os_hash_value"]) == ("active", before["os_hash_value"])
+    assert not any(key.startswith("snapshot_") for key in after)
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before, "is active, not queued")
+
+
+def test_glance_stopped_before_step(ironic: IronicServer, node: str, disk: Disk,
+                                    tmp_path: Path) -> None:
+    sha_before = disk.sha256()
+    with start_glance(tmp_path / "glance") as down:
+        image = down.create_image("glance-down")
+        endpoint = down.endpoint
+    outcome = run_service_step(ironic, node, {
+        "image_id": image["id"], "glance_endpoint": endpoint, "auth_token": TOKEN,
+        "device": disk.device}, tmp_path / "ipa")
+    with start_glance(tmp_path / "glance") as again:
+        assert again.get_image(image["id"])["status"] == "queued"
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before, "could not be reached")
+
+
+def test_glance_killed_during_upload(ironic: IronicServer, node: str, disk: Disk,
+                                     tmp_path: Path) -> None:
+    sha_before = disk.sha256()
+    seen: list[str] = []
+    with start_glance(tmp_path / "glance") as doomed:
+        image = doomed.create_image("glance-dies")
+
+        def kill_when_saving(_node: str) -> None:
+            def watch() -> None:
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:
+                    status = doomed.get_image(image["id"])["status"]
+                    if status != "queued":
+                        seen.append(status)
+                        doomed.kill()
+                        return
+                    time.sleep(0.05)
+            threading.Thread(target=watch, daemon=True).start()
+
+        # Slow compression and a small spool make the upload last seconds.
+        outcome = run_service_step(ironic, node, {
+            "image_id": image["id"], "glance_endpoint": doomed.endpoint, "auth_token": TOKEN,
+            "device": disk.device, "compression_level": 19, "threads": 1,
+            "memory_limit": "8M"}, tmp_path / "ipa", during=kill_when_saving)
+    assert seen == ["saving"], f"Glance was not killed during the upload: {seen}"
+    with start_glance(tmp_path / "glance") as again:
+        assert again.get_image(image["id"])["status"] != "active"
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before,
+                          "Upload of .* failed, the image is not active")
+
+
+def test_missing_device(ironic: IronicServer, glance: GlanceServer, node: str, disk: Disk,
+                        tmp_path: Path) -> None:
+    sha_before = disk.sha256()
+    image = glance.create_image("no-device")
+    outcome = run_service_step(ironic, node, {
+        "image_id": image["id"], "glance_endpoint": glance.endpoint,
+        "device": "/dev/ironic-snapshot-no-such-disk"}, tmp_path / "ipa")
+    assert glance.get_image(image["id"])["status"] == "queued"
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before,
+                          "Device /dev/ironic-snapshot-no-such-disk does not exist")
+
+
+def test_mounted_device(ironic: IronicServer, glance: GlanceServer, node: str, disk: Disk,
+                        tmp_path: Path) -> None:
+    image = glance.create_image("mounted")
+    part = disk.attach_partition()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        # Read-only, so that the disk stays byte-identical for the check.
+        run("mount", "-o", "ro,noload", part, str(mnt))
+        try:
+            sha_before = disk.sha256()
+            outcome = run_service_step(ironic, node, {
+                "image_id": image["id"], "glance_endpoint": glance.endpoint, "device": part},
+                tmp_path / "ipa")
+        finally:
+            run("umount", str(mnt))
+    finally:
+        run("losetup", "--detach", part)
+    assert glance.get_image(image["id"])["status"] == "queued"
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before,
+                          f"Device {part} is in use: {mnt}")
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ({"compression": "lz4"}, "Invalid value 'lz4' for argument compression"),
+    ({"threads": "many"}, "Invalid value 'many' for argument threads"),
+    ({"cluster_size": "3K"}, "Invalid cluster_size|cluster.size"),
+    ({"disk_format": "raw"}, "differs from the disk_format qcow2"),
+])
+def test_bad_arguments(ironic: IronicServer, glance: GlanceServer, node: str, disk: Disk,
+                       tmp_path: Path, args: dict, expected: str) -> None:
+    sha_before = disk.sha256()
+    image = glance.create_image("bad-args")
+    outcome = run_service_step(ironic, node, {
+        "image_id": image["id"], "glance_endpoint": glance.endpoint, "device": disk.device,
+        **args}, tmp_path / "ipa")
+    assert glance.get_image(image["id"])["status"] == "queued"
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before, expected)
