@@ -144,9 +144,9 @@ class IronicServer:
         while time.monotonic() < deadline:
             record = self.node(node)
             state = record["provision_state"]
-            # A "wait" state has a target (where it goes next); a stable
-            # state is reached only once the target is cleared.
-            if state in wanted and (state.endswith(" wait") or not record.get("target_provision_state")):
+            # Wait and failed states keep a target (where they go next);
+            # "active" counts only once the target is cleared.
+            if state in wanted and (state != "active" or not record.get("target_provision_state")):
                 return record
             if state in fail_states:
                 break
