@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use super::crc::{crc16_update, crc32c_update};
-use super::field::{le16, le32, le64};
+use super::field::{be32, le16, le32, le64};
 use super::{ALLOCATED_ONLY, Allocation, Probe, Reason, Slice};
 
 const MAGIC: u16 = 0xEF53;
@@ -68,6 +68,7 @@ const RO_COMPAT_UNDERSTOOD: u32 = 0x1
 const STATE_VALID: u16 = 0x1;
 const STATE_ERROR: u16 = 0x2;
 
+const BG_INODE_UNINIT: u16 = 0x1;
 const BG_BLOCK_UNINIT: u16 = 0x2;
 
 /// Largest descriptor table read (64 MiB: one million groups of 64 bytes).
@@ -116,6 +117,8 @@ struct Geometry {
     gdt_blocks: u64,
     reserved_gdt_blocks: u64,
     itable_blocks: u64,
+    inodes_per_group: u64,
+    inode_size: u64,
     sparse_super: bool,
     backup_bgs: Option<[u64; 2]>,
     /// Checksum flavour of descriptors, which also decides whether `BLOCK_UNINIT` counts.
@@ -139,6 +142,8 @@ struct Desc {
     free_blocks: u64,
     flags: u16,
     bitmap_csum: u32,
+    /// Inodes at the end of the group's table never used (`bg_itable_unused`).
+    itable_unused: u64,
 }
 
 fn plan(slice: &Slice<'_>, sb: &[u8]) -> Result<Allocation, Reason> {
@@ -204,6 +209,36 @@ fn plan(slice: &Slice<'_>, sb: &[u8]) -> Result<Allocation, Reason> {
 
     super::normalize(&mut used, geo.blocks);
     let used_blocks: u64 = used.iter().map(|r| r.end - r.start).sum();
+    if uninit_counts {
+        // With descriptor checksums the kernel and e2fsck never look past
+        // the used part of an inode table (`bg_itable_unused`, or all of it
+        // for INODE_UNINIT): that tail, often stale or never written, reads
+        // as zeros, which is what lazy inode table initialisation writes.
+        let mut unused: Vec<Range<u64>> = descs
+            .iter()
+            .map(|d| {
+                let in_use = if d.flags & BG_INODE_UNINIT != 0 {
+                    0
+                } else {
+                    geo.inodes_per_group - d.itable_unused
+                };
+                let blocks = (in_use * geo.inode_size).div_ceil(bs);
+                d.inode_table + blocks..d.inode_table + geo.itable_blocks
+            })
+            .collect();
+        super::normalize(&mut unused, geo.blocks);
+        used = super::subtract(&used, &unused);
+    }
+    // An empty journal (clean filesystem) is never read back: skip all but
+    // its superblock. Any doubt keeps it.
+    match journal_body(slice, sb, &geo, descs.first()) {
+        Ok(Some(mut body)) => {
+            super::normalize(&mut body, geo.blocks);
+            used = super::subtract(&used, &body);
+        }
+        Ok(None) => {}
+        Err(reason) => tracing::debug!(%reason, "Keeping the ext journal"),
+    }
     let mut ranges: Vec<Range<u64>> = used.into_iter().map(|r| r.start * bs..r.end * bs).collect();
     // The boot block and the primary superblock, and whatever follows the filesystem.
     ranges.push(0..2048.max(bs));
@@ -336,6 +371,8 @@ fn geometry(slice: &Slice<'_>, sb: &[u8]) -> Result<Geometry, Reason> {
         gdt_blocks: gdt_bytes.div_ceil(block_size),
         reserved_gdt_blocks: u64::from(le16(sb, 0xCE)?),
         itable_blocks: (inodes_per_group * inode_size).div_ceil(block_size),
+        inodes_per_group,
+        inode_size,
         sparse_super: ro_compat & RO_COMPAT_SPARSE_SUPER != 0,
         backup_bgs,
         csum,
@@ -394,6 +431,7 @@ fn descriptors(slice: &Slice<'_>, geo: &Geometry, uuid: &[u8]) -> Result<Vec<Des
             free_blocks: u64::from(le16(raw, 0xC)?) | hi16(0x2C)? << 16,
             flags: le16(raw, 0x12)?,
             bitmap_csum: u32::from(le16(raw, 0x18)?) | u32::from(bitmap_csum_hi) << 16,
+            itable_unused: u64::from(le16(raw, 0x1C)?) | hi16(0x32)? << 16,
         };
         let inside = |b: u64, n: u64| {
             b >= geo.first_data_block && b.checked_add(n).is_some_and(|e| e <= geo.blocks)
@@ -404,6 +442,11 @@ fn descriptors(slice: &Slice<'_>, geo: &Geometry, uuid: &[u8]) -> Result<Vec<Des
         {
             return Err(format!(
                 "group descriptor {g} points outside the filesystem"
+            ));
+        }
+        if d.itable_unused > geo.inodes_per_group {
+            return Err(format!(
+                "group descriptor {g} has an impossible unused inode count"
             ));
         }
         if d.free_blocks > geo.blocks_per_group {
@@ -524,6 +567,114 @@ fn group_blocks(
             "block bitmap of group {g} has {free} free blocks, its descriptor says {}",
             desc.free_blocks
         ));
+    }
+    Ok(())
+}
+
+const JBD2_MAGIC: u32 = 0xC03B_3998;
+const EXTENTS_FL: u32 = 0x0008_0000;
+const EXTENT_MAGIC: u16 = 0xF30A;
+/// Deepest extent tree followed.
+const MAX_EXTENT_DEPTH: u16 = 5;
+
+/// Blocks of an internal journal past its superblock, when the journal is
+/// empty (`s_start == 0`): a clean unmount left nothing in it to replay,
+/// so its old transactions are dead data.
+fn journal_body(
+    slice: &Slice<'_>,
+    sb: &[u8],
+    geo: &Geometry,
+    group0: Option<&Desc>,
+) -> Result<Option<Vec<Range<u64>>>, Reason> {
+    let inum = u64::from(le32(sb, 0xE0)?);
+    if le32(sb, 0x5C)? & COMPAT_HAS_JOURNAL == 0 || inum == 0 || le32(sb, 0xE4)? != 0 {
+        return Ok(None);
+    }
+    let Some(group0) = group0 else {
+        return Ok(None);
+    };
+    if inum > geo.inodes_per_group {
+        return Ok(None);
+    }
+    let bs = geo.block_size;
+    let inode = slice.read(group0.inode_table * bs + (inum - 1) * geo.inode_size, 128)?;
+    if le32(&inode, 0x20)? & EXTENTS_FL == 0 {
+        return Ok(None);
+    }
+    let mut extents = Vec::new();
+    walk_extents(
+        slice,
+        geo,
+        inode.get(0x28..0x28 + 60).ok_or("inode too short")?,
+        None,
+        &mut extents,
+    )?;
+    // Logical block 0 is the journal superblock: it must say "empty".
+    let first = extents
+        .iter()
+        .find(|(logical, _, _)| *logical == 0)
+        .ok_or("journal has no first block")?;
+    let jsb = slice.read(first.1 * bs, 1024)?;
+    if be32(&jsb, 0)? != JBD2_MAGIC || !matches!(be32(&jsb, 4)?, 3 | 4) {
+        return Err("journal superblock not recognised".into());
+    }
+    if be32(&jsb, 28)? != 0 {
+        return Err("journal not empty".into());
+    }
+    let mut body = Vec::new();
+    for (logical, physical, len) in extents {
+        let skip = u64::from(logical == 0);
+        if len > skip {
+            body.push(physical + skip..physical + len);
+        }
+    }
+    Ok(Some(body))
+}
+
+/// Collects (logical, physical, length) of every extent under `node`
+/// (an extent header and its entries), checking the tree as it goes.
+fn walk_extents(
+    slice: &Slice<'_>,
+    geo: &Geometry,
+    node: &[u8],
+    want_depth: Option<u16>,
+    out: &mut Vec<(u32, u64, u64)>,
+) -> Result<(), Reason> {
+    let bad = || Reason::from("journal extent tree not valid");
+    if le16(node, 0)? != EXTENT_MAGIC {
+        return Err(bad());
+    }
+    let entries = usize::from(le16(node, 2)?);
+    let depth = le16(node, 6)?;
+    if depth > MAX_EXTENT_DEPTH
+        || want_depth.is_some_and(|d| d != depth)
+        || 12 + 12 * entries > node.len()
+    {
+        return Err(bad());
+    }
+    for i in 0..entries {
+        let e = 12 + 12 * i;
+        if depth == 0 {
+            let logical = le32(node, e)?;
+            let raw_len = u64::from(le16(node, e + 4)?);
+            let len = if raw_len > 32768 {
+                raw_len - 32768
+            } else {
+                raw_len
+            };
+            let physical = u64::from(le16(node, e + 6)?) << 32 | u64::from(le32(node, e + 8)?);
+            if len == 0 || physical < geo.first_data_block || physical + len > geo.blocks {
+                return Err(bad());
+            }
+            out.push((logical, physical, len));
+        } else {
+            let child = u64::from(le16(node, e + 8)?) << 32 | u64::from(le32(node, e + 4)?);
+            if child < geo.first_data_block || child >= geo.blocks || out.len() > 1 << 20 {
+                return Err(bad());
+            }
+            let block = slice.read(child * geo.block_size, geo.block_size as usize)?;
+            walk_extents(slice, geo, &block, Some(depth - 1), out)?;
+        }
     }
     Ok(())
 }

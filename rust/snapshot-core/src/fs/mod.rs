@@ -228,6 +228,30 @@ pub(crate) fn normalize(ranges: &mut Vec<Range<u64>>, limit: u64) {
     *ranges = merged;
 }
 
+/// The parts of sorted, merged `ranges` outside sorted, merged `holes`.
+pub(crate) fn subtract(ranges: &[Range<u64>], holes: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut h = 0;
+    for r in ranges {
+        let mut start = r.start;
+        while h < holes.len() && holes[h].end <= start {
+            h += 1;
+        }
+        let mut k = h;
+        while k < holes.len() && holes[k].start < r.end {
+            if holes[k].start > start {
+                out.push(start..holes[k].start);
+            }
+            start = start.max(holes[k].end);
+            k += 1;
+        }
+        if start < r.end {
+            out.push(start..r.end);
+        }
+    }
+    out
+}
+
 /// Works out which ranges of a disk of `size` bytes to read.
 ///
 /// Never fails: whatever cannot be understood is planned whole.
