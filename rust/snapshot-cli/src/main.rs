@@ -1,5 +1,391 @@
 //! `ironic-snapshot`: command-line front end of the imaging engine.
+//!
+//! Only the command-line definition and glue live here: the engine
+//! (`snapshot-core`) does the work, `auth` finds the Glance endpoint and
+//! token, `progress` draws the progress line.
 
-fn main() {
-    println!("ironic-snapshot {}", snapshot_core::VERSION);
+mod auth;
+mod progress;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use snapshot_core::error::ErrorKind;
+use snapshot_core::{
+    CaptureOptions, Compression, Error, Format, NoProgress, Progress, Report, Target,
+};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    the image was written (and, for Glance, verified)
+  1    other error (a bug: please report it)
+  2    usage error: bad option or value, missing endpoint or credentials
+  3    source problem: missing, unreadable, changed or failing disk
+  4    output problem: cannot create or write the output, or it exists (use --force)
+  5    upload problem: Glance or Keystone refused or could not be reached
+  6    verification failed: what Glance stored differs from what was sent
+  130  cancelled (Ctrl-C or SIGTERM); partial output is removed";
+
+const CAPTURE_ABOUT: &str = "\
+Capture a disk (block device or image file), opened read-only, into a compressed qcow2 or raw image: \
+to a file, to standard output (-o -) or straight into a Glance image (--glance-image).";
+
+const CAPTURE_LONG: &str = "\
+Examples:
+  ironic-snapshot capture /dev/sda -o /mnt/usb/node.qcow2
+  ironic-snapshot capture /dev/nvme0n1 -o - | ssh host 'cat > node.qcow2'
+  OS_TOKEN=... OS_IMAGE_ENDPOINT=https://cloud:9292 ironic-snapshot capture /dev/sda --glance-image ID
+
+Glance: create the image first (disk format qcow2 or raw, container format bare); it must be queued. \
+The endpoint and token come from the flags or the usual environment (OS_IMAGE_ENDPOINT, OS_TOKEN); \
+with only OS_AUTH_URL and credentials (OS_USERNAME/OS_PASSWORD or OS_APPLICATION_CREDENTIAL_ID/SECRET) \
+a token and the image endpoint are fetched from Keystone v3. clouds.yaml (OS_CLOUD) is not read. \
+After the upload, Glance's size, checksum and os_hash_value are checked against the image sent.
+
+Reports: --json prints one JSON object (virtual_size, image_size, bytes_read, sha256, sha512, md5, \
+seconds, format, compression, ...) on standard output. With -o - standard output carries the image, so \
+--json is refused there: use --report FILE, which writes the same object to FILE in every mode.";
+
+/// Capture a bare-metal node's disk into a cloud image.
+#[derive(Parser)]
+#[command(name = "ironic-snapshot", version = snapshot_core::VERSION, after_long_help = EXIT_CODES)]
+struct Cli {
+    /// More log output on standard error (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Only errors on standard error
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(about = CAPTURE_ABOUT, after_long_help = format!("{CAPTURE_LONG}\n\n{EXIT_CODES}"))]
+    Capture(Box<CaptureArgs>),
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("destination").required(true).args(["output", "glance_image"]))]
+struct CaptureArgs {
+    /// Disk to capture: a block device or a disk image file (opened read-only)
+    #[arg(value_name = "SOURCE")]
+    source: PathBuf,
+
+    /// Image file to write, or - for standard output
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<String>,
+
+    /// Image format
+    #[arg(long, value_enum, default_value_t = FormatArg::Qcow2)]
+    format: FormatArg,
+
+    /// Compression of qcow2 clusters (zlib for consumers older than qemu 5.1)
+    #[arg(long, value_enum, default_value_t = CompressionArg::Zstd)]
+    compression: CompressionArg,
+
+    /// Compression level (zstd 1-19, default 3; zlib 1-9, default 6)
+    #[arg(long, value_name = "N")]
+    level: Option<i32>,
+
+    /// qcow2 cluster size, a power of two from 64K to 2M
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
+    cluster_size: u64,
+
+    /// Compression threads (0: one per core)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+
+    /// Most compressed data held in memory for -o - and Glance; beyond it the
+    /// disk is read twice instead
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    memory_limit: u64,
+
+    /// Copy free space of known filesystems and swap too, instead of skipping it
+    #[arg(long)]
+    no_skip_free_space: bool,
+
+    /// Overwrite OUT if it exists
+    #[arg(long)]
+    force: bool,
+
+    /// Print the report as one JSON object on standard output (not with -o -)
+    #[arg(long)]
+    json: bool,
+
+    /// Write the report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
+    /// Draw a progress line on standard error even when it is not a terminal
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+
+    /// Never draw a progress line
+    #[arg(long)]
+    no_progress: bool,
+
+    #[command(flatten)]
+    cloud: auth::CloudArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Qcow2,
+    Raw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    Zstd,
+    Zlib,
+    None,
+}
+
+/// clap value parser for sizes with suffixes (64K, 1G).
+fn parse_size(text: &str) -> Result<u64, String> {
+    snapshot_core::parse_size(text).map_err(|err| err.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Capture(args) => capture(*args, cli.quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            print_error(&err);
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// Logs go to standard error; standard output is for data (the image with
+/// `-o -`, or the JSON report).
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
+    let to_stdout = args.output.as_deref() == Some("-");
+    if args.json && to_stdout {
+        return Err(Error::InvalidOption {
+            option: "--json",
+            reason:
+                "Standard output carries the image with -o -: write the report with --report FILE"
+                    .into(),
+        });
+    }
+    let target = match (&args.output, &args.cloud.glance_image) {
+        (Some(_), Some(_)) => unreachable!("clap makes -o and --glance-image exclusive"),
+        (Some(out), None) if out == "-" => Target::Stdout,
+        (Some(out), None) => Target::File {
+            path: PathBuf::from(out),
+            force: args.force,
+        },
+        (None, Some(id)) => Target::Glance(args.cloud.resolve(id)?),
+        (None, None) => unreachable!("clap requires -o or --glance-image"),
+    };
+    if to_stdout && std::io::stdout().is_terminal() {
+        return Err(Error::InvalidOption {
+            option: "--output",
+            reason:
+                "Standard output is a terminal: redirect it to a file or a pipe, or give -o FILE"
+                    .into(),
+        });
+    }
+    let cluster_size = u32::try_from(args.cluster_size).map_err(|_| Error::InvalidOption {
+        option: "--cluster-size",
+        reason: "Use a power of two from 64K to 2M".into(),
+    })?;
+
+    // The first Ctrl-C (or SIGTERM) asks the engine to stop and clean up; a
+    // second one exits at once.
+    let cancel = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&cancel))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&cancel)))
+            .map_err(|err| Error::Internal(format!("Cannot install the signal handler: {err}")))?;
+    }
+
+    let options = CaptureOptions {
+        format: match args.format {
+            FormatArg::Qcow2 => Format::Qcow2,
+            FormatArg::Raw => Format::Raw,
+        },
+        compression: match args.compression {
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Zlib => Compression::Zlib,
+            CompressionArg::None => Compression::None,
+        },
+        level: args.level,
+        cluster_size,
+        threads: args.threads,
+        memory_limit: args.memory_limit,
+        skip_free_space: !args.no_skip_free_space,
+        cancel: Some(cancel),
+    };
+
+    let draw = !args.no_progress && !quiet && (args.progress || std::io::stderr().is_terminal());
+    let terminal = draw.then(progress::TerminalProgress::new);
+    let progress: &dyn Progress = match &terminal {
+        Some(terminal) => terminal,
+        None => &NoProgress,
+    };
+    let result = engine_capture(&args.source, &target, &options, progress);
+    if let Some(terminal) = &terminal {
+        terminal.clear();
+    }
+    let report = result?;
+
+    let json = serde_json::to_string(&report)
+        .map_err(|err| Error::Internal(format!("Cannot serialise the report: {err}")))?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, format!("{json}\n")).map_err(|source| Error::OutputWrite {
+            target: path.display().to_string(),
+            source,
+        })?;
+    }
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{json}")
+            .and_then(|()| out.flush())
+            .map_err(|source| Error::OutputWrite {
+                target: "standard output".into(),
+                source,
+            })?;
+    } else if !quiet {
+        print_summary(&report);
+    }
+    Ok(())
+}
+
+/// Until the engine's `capture` lands in snapshot-core, keeps this crate
+/// building; replaced by a direct call to `snapshot_core::capture` then.
+fn engine_capture(
+    _source: &std::path::Path,
+    _target: &Target,
+    _options: &CaptureOptions,
+    _progress: &dyn Progress,
+) -> Result<Report, Error> {
+    Err(Error::Internal(
+        "The capture engine is not built into this binary yet".into(),
+    ))
+}
+
+/// One human line on standard error when no JSON was asked for.
+fn print_summary(report: &Report) {
+    use snapshot_core::format_size;
+    eprintln!(
+        "ironic-snapshot: wrote {} ({}) of a {} disk to {} in {:.1} s; sha256 {}",
+        format_size(report.image_size),
+        serde_json::to_value(report.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        format_size(report.virtual_size),
+        report.target,
+        report.seconds,
+        report.sha256,
+    );
+}
+
+/// `ironic-snapshot: error: ...` and one `caused by:` line per source.
+fn print_error(err: &Error) {
+    let mut text = format!("ironic-snapshot: error: {err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!("\n  caused by: {cause}"));
+        source = cause.source();
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// The documented exit code of an error (see `EXIT_CODES`).
+fn exit_code(err: &Error) -> u8 {
+    match err {
+        // Classed as invalid input by the engine (nothing was written), but to
+        // a user they are problems with the output.
+        Error::OutputExists { .. } | Error::OutputOnSource { .. } => 4,
+        // No image endpoint in the catalog: the upload cannot happen.
+        Error::EndpointNotFound { .. } => 5,
+        _ => match err.kind() {
+            ErrorKind::InvalidInput => 2,
+            ErrorKind::Source => 3,
+            ErrorKind::Output => 4,
+            ErrorKind::Upload => 5,
+            ErrorKind::Verification => 6,
+            ErrorKind::Cancelled => 130,
+            _ => 1,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(&Error::InvalidSize { value: "x".into() }), 2);
+        assert_eq!(exit_code(&Error::OutputExists { path: "o".into() }), 4);
+        assert_eq!(exit_code(&Error::SourceNotFound { path: "s".into() }), 3);
+        assert_eq!(exit_code(&Error::Cancelled), 130);
+        assert_eq!(
+            exit_code(&Error::VerificationFailed {
+                service: "Glance",
+                image_id: "i".into(),
+                detail: "d".into()
+            }),
+            6
+        );
+        assert_eq!(exit_code(&Error::Internal("x".into())), 1);
+    }
+
+    #[test]
+    fn output_and_glance_are_exclusive() {
+        assert!(
+            Cli::try_parse_from([
+                "ironic-snapshot",
+                "capture",
+                "d",
+                "-o",
+                "x",
+                "--glance-image",
+                "i"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["ironic-snapshot", "capture", "d"]).is_err());
+        assert!(
+            Cli::try_parse_from(["ironic-snapshot", "capture", "d", "--glance-image", "i"]).is_ok()
+        );
+    }
 }

@@ -1,0 +1,125 @@
+//! One redrawn progress line on standard error.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use snapshot_core::progress::Phase;
+use snapshot_core::{Progress, ProgressUpdate, format_size};
+
+/// Least time between two redraws: the engine calls in far more often.
+const REDRAW: Duration = Duration::from_millis(200);
+
+/// Renders updates as `writing  42%  4.2 GiB / 10.0 GiB  310.5 MiB/s  ETA 0:19`.
+pub struct TerminalProgress {
+    state: Mutex<State>,
+}
+
+struct State {
+    last_draw: Option<Instant>,
+    phase: Option<Phase>,
+    phase_start: Instant,
+    drawn: bool,
+}
+
+impl TerminalProgress {
+    /// A renderer that has drawn nothing yet.
+    pub fn new() -> Self {
+        TerminalProgress {
+            state: Mutex::new(State {
+                last_draw: None,
+                phase: None,
+                phase_start: Instant::now(),
+                drawn: false,
+            }),
+        }
+    }
+
+    /// Erases the line so that messages after the capture start clean.
+    pub fn clear(&self) {
+        let Ok(state) = self.state.lock() else { return };
+        if state.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        }
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn update(&self, update: &ProgressUpdate) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if state.phase != Some(update.phase) {
+            state.phase = Some(update.phase);
+            state.phase_start = now;
+        } else if state
+            .last_draw
+            .is_some_and(|t| now.duration_since(t) < REDRAW)
+        {
+            return;
+        }
+        state.last_draw = Some(now);
+        state.drawn = true;
+        let line = render(update, now.duration_since(state.phase_start));
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+    }
+}
+
+/// The text of one progress line.
+fn render(update: &ProgressUpdate, elapsed: Duration) -> String {
+    let phase = match update.phase {
+        Phase::Scanning => "scanning",
+        Phase::Sizing => "sizing",
+        Phase::Writing => "writing",
+        Phase::Verifying => "verifying",
+    };
+    let percent = if update.total > 0 {
+        (update.done as f64 / update.total as f64 * 100.0).min(100.0)
+    } else {
+        0.0
+    };
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        update.done as f64 / secs
+    } else {
+        0.0
+    };
+    let eta = if rate > 0.0 && update.total > update.done {
+        let left = ((update.total - update.done) as f64 / rate) as u64;
+        format!("  ETA {}:{:02}", left / 60, left % 60)
+    } else {
+        String::new()
+    };
+    format!(
+        "{phase:<9} {percent:3.0}%  {} / {}  {}/s  out {}{eta}",
+        format_size(update.done),
+        format_size(update.total),
+        format_size(rate as u64),
+        format_size(update.written),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_percent_rate_and_eta() {
+        let update = ProgressUpdate {
+            phase: Phase::Writing,
+            done: 1 << 30,
+            total: 4 << 30,
+            written: 100 << 20,
+        };
+        let line = render(&update, Duration::from_secs(2));
+        assert!(line.starts_with("writing    25%"), "{line}");
+        assert!(line.contains("1.0 GiB / 4.0 GiB"), "{line}");
+        assert!(line.contains("512.0 MiB/s"), "{line}");
+        assert!(line.contains("ETA 0:06"), "{line}");
+    }
+}
