@@ -814,6 +814,77 @@ fn planning_a_64_gib_disk_reads_little() {
     }
 }
 
+#[test]
+fn xfs_log_verdict_matches_xfs_logprint_as_the_log_wraps() {
+    // A small log (allowed by mkfs under the fstests variables) wraps a few
+    // times over these rounds; after each clean unmount or shutdown the
+    // planner's verdict must match xfs_logprint's CLEAN or DIRTY.
+    assert!(is_root(), "this test mounts a loop device: run it as root");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("wrap.img");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (img_s, mnt_s) = (img.to_str().unwrap(), mnt.to_str().unwrap());
+    sh(&format!(
+        "truncate -s 320M {img_s} && QA_CHECK_FS=1 TEST_DIR=/tmp TEST_DEV=/dev/null mkfs.xfs -q -f -l size=1368b {img_s}"
+    ));
+    let mut heads = Vec::new();
+    let (mut clean_seen, mut dirty_seen) = (0, 0);
+    for round in 0..45u32 {
+        let files = 300 + (round * 397) % 1700;
+        let dirty = round % 6 == 5;
+        let end = if dirty {
+            format!("xfs_io -x -c shutdown {mnt_s}")
+        } else {
+            String::from("true")
+        };
+        sh(&format!(
+            "mount -o loop {img_s} {mnt_s}; trap 'umount {mnt_s}' EXIT; mkdir -p {mnt_s}/d; \
+             for j in $(seq {files}); do : > {mnt_s}/d/f$j; done; rm -rf {mnt_s}/d; sync; {end}"
+        ));
+        let logprint = run("xfs_logprint", &["-t", img_s]);
+        let head_line = logprint
+            .lines()
+            .find(|l| l.contains("log tail:"))
+            .unwrap()
+            .to_string();
+        heads.push(
+            head_line
+                .split("head: ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+        let report = plan_file(&img).partitions.remove(0);
+        if logprint.contains("<CLEAN>") {
+            clean_seen += 1;
+            assert_eq!(
+                report.handling, ALLOCATED_ONLY,
+                "round {round}: {head_line}: {report:?}"
+            );
+        } else {
+            assert!(logprint.contains("<DIRTY>"), "{logprint}");
+            dirty_seen += 1;
+            assert_eq!(report.handling, WHOLE, "round {round}: {head_line}");
+            assert!(report.reason.unwrap().contains("log"));
+            // Mounting replays the log; the next round starts clean.
+            sh(&format!("mount -o loop {img_s} {mnt_s} && umount {mnt_s}"));
+        }
+    }
+    eprintln!("log heads: {heads:?}");
+    assert!(
+        clean_seen > 30 && dirty_seen >= 5,
+        "{clean_seen} clean, {dirty_seen} dirty"
+    );
+    // The log (10944 basic blocks) wrapped: heads went down at least twice.
+    let heads: Vec<u64> = heads.iter().map(|h| h.parse().unwrap()).collect();
+    let wraps = heads.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(wraps >= 2, "log never wrapped: {heads:?}");
+}
+
 // ---- property tests: malformed input never panics, never skips data ----
 
 /// An image with a valid GPT whose entries are random, CRCs fixed up so the
@@ -852,9 +923,10 @@ fn gpt_with_entries(size: u64, entries: &[(u64, u64, u8)], num: u32, esize: u32)
     disk
 }
 
-/// A small ext4 image (metadata_csum) and its plan, made once.
-fn ext4_fixture() -> &'static (Vec<u8>, DiskPlan) {
-    static FIXTURE: OnceLock<(Vec<u8>, DiskPlan)> = OnceLock::new();
+/// A small ext4 image (metadata_csum) and its plan, made once, with the
+/// byte ranges of its metadata: superblock, descriptors, block bitmaps.
+fn ext4_fixture() -> &'static (Vec<u8>, DiskPlan, Vec<Range<usize>>) {
+    static FIXTURE: OnceLock<(Vec<u8>, DiskPlan, Vec<Range<usize>>)> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let img = ext_image(
@@ -865,8 +937,74 @@ fn ext4_fixture() -> &'static (Vec<u8>, DiskPlan) {
         );
         let data = std::fs::read(&img).unwrap();
         let plan = check_ext_against_dumpe2fs(&img);
-        (data, plan)
+        // Superblock, the 8 descriptors of 64 bytes, and 2048 bits of each bitmap.
+        let mut hot = vec![1024..2048, 2048..2560];
+        let out = run("dumpe2fs", &[img.to_str().unwrap()]);
+        for line in out.lines().filter(|l| l.contains("Block bitmap at ")) {
+            let at = line.split("Block bitmap at ").nth(1).unwrap();
+            let block: usize = at
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            hot.push(block * 1024..block * 1024 + 256);
+        }
+        (data, plan, hot)
     })
+}
+
+/// A small XFS image (v5, CRCs) and its plan, with the byte ranges of its
+/// metadata: superblock, every AGF and free-space btree root, the log start.
+fn xfs_fixture() -> &'static (Vec<u8>, DiskPlan, Vec<Range<usize>>) {
+    static FIXTURE: OnceLock<(Vec<u8>, DiskPlan, Vec<Range<usize>>)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fuzz.xfs");
+        let img_s = img.to_str().unwrap();
+        sh(&format!(
+            "truncate -s 48M {img_s} && QA_CHECK_FS=1 TEST_DIR=/tmp TEST_DEV=/dev/null mkfs.xfs -q -f -l size=1368b {img_s}"
+        ));
+        let data = std::fs::read(&img).unwrap();
+        let plan = plan_file(&img);
+        assert_eq!(plan.partitions[0].handling, ALLOCATED_ONLY, "{:?}", plan.partitions);
+        let (bs, agblocks, _, _) = xfs_free(&img);
+        let agcount = u32::from_be_bytes(data[0x58..0x5C].try_into().unwrap()) as u64;
+        let mut hot = vec![0..512];
+        for ag in 0..agcount {
+            let agf = (ag * agblocks * bs + 512) as usize;
+            hot.push(agf..agf + 512);
+            let root = u32::from_be_bytes(data[agf + 0x10..agf + 0x14].try_into().unwrap()) as u64;
+            let at = ((ag * agblocks + root) * bs) as usize;
+            hot.push(at..at + bs as usize);
+        }
+        let log_start = u64::from_be_bytes(data[0x30..0x38].try_into().unwrap());
+        let log_at = (((log_start >> data[0x7C]) * agblocks + (log_start & ((1 << data[0x7C]) - 1))) * bs) as usize;
+        hot.push(log_at..log_at + 16 * 512);
+        (data, plan, hot)
+    })
+}
+
+/// A disk image with some bytes flipped, without copying it.
+struct Flipped<'a> {
+    base: &'a [u8],
+    edits: Vec<(usize, u8)>,
+}
+
+impl ReadAt for Flipped<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.base.len());
+        let n = buf.len().min(self.base.len() - start);
+        buf[..n].copy_from_slice(&self.base[start..start + n]);
+        for &(at, flip) in &self.edits {
+            if (start..start + n).contains(&at) {
+                buf[at - start] ^= flip;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Whether every byte `inner` covers is covered by `outer` (both normalised).
@@ -937,17 +1075,38 @@ proptest! {
 
     #[test]
     fn mutated_ext4_metadata_never_skips_data(
-        edits in proptest::collection::vec((1024usize..40_000, any::<u8>()), 1..4),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 1u8..), 1..4),
     ) {
         // Any corruption of superblock, descriptors or bitmaps either is caught
         // (whole copy) or leaves the plan reading at least what is in use.
-        let (image, truth) = ext4_fixture();
-        let mut disk = image.clone();
-        for &(at, byte) in &edits {
-            disk[at] ^= byte.max(1);
-        }
-        let size = disk.len() as u64;
-        let plan = plan(&disk, size);
+        let (image, truth, hot) = ext4_fixture();
+        let edits = edits
+            .iter()
+            .map(|(region, at, flip)| {
+                let r = &hot[region.index(hot.len())];
+                (r.start + at.index(r.len()), *flip)
+            })
+            .collect();
+        let size = image.len() as u64;
+        let plan = plan(&Flipped { base: image, edits }, size);
+        assert_well_formed(&plan, size);
+        prop_assert!(covers(&plan.ranges, &truth.ranges), "{:?}", plan.partitions);
+    }
+
+    #[test]
+    fn mutated_xfs_metadata_never_skips_data(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 1u8..), 1..4),
+    ) {
+        let (image, truth, hot) = xfs_fixture();
+        let edits = edits
+            .iter()
+            .map(|(region, at, flip)| {
+                let r = &hot[region.index(hot.len())];
+                (r.start + at.index(r.len()), *flip)
+            })
+            .collect();
+        let size = image.len() as u64;
+        let plan = plan(&Flipped { base: image, edits }, size);
         assert_well_formed(&plan, size);
         prop_assert!(covers(&plan.ranges, &truth.ranges), "{:?}", plan.partitions);
     }
