@@ -1,10 +1,176 @@
 //! PyO3 binding of the imaging engine, importable as `ironic_snapshot._engine`.
+//!
+//! Thin by design: [`_engine::capture`] converts its arguments to owned Rust
+//! values, releases the GIL for the whole capture (the ironic-python-agent
+//! heartbeat is a Python thread that must keep running), calls
+//! [`snapshot_core::capture`], maps the error to the exception hierarchy of
+//! `ironic_snapshot.exceptions` and converts the report to a dict.
 
 use pyo3::prelude::*;
+
+mod convert;
+mod errors;
+mod logging;
+mod progress;
 
 /// The `ironic_snapshot._engine` extension module.
 #[pymodule]
 mod _engine {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use pyo3::prelude::*;
+    use pyo3::types::PyDict;
+    use snapshot_core::options::GlanceTarget;
+    use snapshot_core::options::Secret;
+    use snapshot_core::{CaptureOptions, Target};
+
+    use crate::convert::{SizeArg, json_to_py, parse_compression, parse_format};
+    use crate::errors::{engine_error, invalid_input, panic_error};
+    use crate::progress::CallbackProgress;
+
+    /// Version of the engine, recorded in every report.
     #[pymodule_export]
     const VERSION: &str = snapshot_core::VERSION;
+
+    #[pymodule_init]
+    fn init(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::logging::install();
+        Ok(())
+    }
+
+    /// Captures a disk into an image: see `ironic_snapshot._engine.pyi`.
+    #[pyfunction]
+    #[pyo3(signature = (
+        source, output = None, *, glance_image = None, glance_endpoint = None, token = None,
+        format = "qcow2", compression = "zstd", level = None, cluster_size = SizeArg::Str("64K".into()),
+        threads = 0, memory_limit = SizeArg::Str("256M".into()), skip_free_space = true,
+        force = false, progress = None, progress_interval = 2.0, insecure = false, ca_file = None,
+    ))]
+    #[pyo3(
+        text_signature = "(source, output=None, *, glance_image=None, glance_endpoint=None, \
+        token=None, format='qcow2', compression='zstd', level=None, cluster_size='64K', threads=0, \
+        memory_limit='256M', skip_free_space=True, force=False, progress=None, progress_interval=2.0, \
+        insecure=False, ca_file=None)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn capture<'py>(
+        py: Python<'py>,
+        source: PathBuf,
+        output: Option<PathBuf>,
+        glance_image: Option<String>,
+        glance_endpoint: Option<String>,
+        token: Option<String>,
+        format: &str,
+        compression: &str,
+        level: Option<i32>,
+        cluster_size: SizeArg,
+        threads: usize,
+        memory_limit: SizeArg,
+        skip_free_space: bool,
+        force: bool,
+        progress: Option<Py<PyAny>>,
+        progress_interval: f64,
+        insecure: bool,
+        ca_file: Option<PathBuf>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let target = match (output, glance_image) {
+            (Some(_), Some(_)) => {
+                return Err(invalid_input(
+                    py,
+                    "Both output and glance_image were given: pass one of them",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid_input(
+                    py,
+                    "No destination: pass output (a path, or \"-\" for standard output) or glance_image",
+                ));
+            }
+            (Some(path), None) if path.as_os_str() == "-" => Target::Stdout,
+            (Some(path), None) => Target::File { path, force },
+            (None, Some(image_id)) => {
+                let Some(endpoint) = glance_endpoint else {
+                    return Err(invalid_input(
+                        py,
+                        "No Glance endpoint: pass glance_endpoint with glance_image",
+                    ));
+                };
+                Target::Glance(GlanceTarget {
+                    endpoint,
+                    image_id,
+                    token: token.map(Secret::new),
+                    insecure,
+                    ca_file,
+                })
+            }
+        };
+        if !(progress_interval.is_finite() && progress_interval >= 0.0) {
+            return Err(invalid_input(
+                py,
+                "Invalid progress_interval: give a number of seconds, 0 or more",
+            ));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let options = CaptureOptions {
+            format: parse_format(py, format)?,
+            compression: parse_compression(py, compression)?,
+            level,
+            cluster_size: u32::try_from(cluster_size.bytes(py, "cluster_size")?).map_err(|_| {
+                invalid_input(
+                    py,
+                    "Invalid cluster_size: use a power of two from 64K to 2M",
+                )
+            })?,
+            threads,
+            memory_limit: memory_limit.bytes(py, "memory_limit")?,
+            skip_free_space,
+            cancel: Some(cancel.clone()),
+        };
+        let reporter =
+            CallbackProgress::new(progress, Duration::from_secs_f64(progress_interval), cancel);
+        crate::logging::refresh_level(py);
+
+        // Everything the closure touches is owned Rust data: no Python object
+        // is used while the GIL is released, and a panic in the engine is
+        // caught here so that it becomes an exception instead of unwinding
+        // through the interpreter.
+        let outcome = py.detach(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                crate::engine_capture(&source, &target, &options, &reporter)
+            }))
+        });
+        // An exception raised by the progress callback cancelled the capture:
+        // it is the more useful error to show.
+        if let Some(err) = reporter.take_error() {
+            return Err(err);
+        }
+        match outcome {
+            Ok(Ok(report)) => {
+                let value = serde_json::to_value(&report).map_err(|err| {
+                    panic_error(py, &format!("Report could not be serialised: {err}"))
+                })?;
+                let dict = json_to_py(py, &value)?;
+                Ok(dict.cast_into::<PyDict>()?)
+            }
+            Ok(Err(err)) => Err(engine_error(py, &err)),
+            Err(payload) => Err(panic_error(py, &crate::errors::panic_message(&payload))),
+        }
+    }
+}
+
+/// Until the engine's `capture` lands in snapshot-core, keeps this crate
+/// building; replaced by a direct call to `snapshot_core::capture` then.
+fn engine_capture(
+    _source: &std::path::Path,
+    _target: &snapshot_core::Target,
+    _options: &snapshot_core::CaptureOptions,
+    _progress: &dyn snapshot_core::Progress,
+) -> snapshot_core::Result<snapshot_core::Report> {
+    Err(snapshot_core::Error::Internal(
+        "The capture engine is not built into this extension yet".into(),
+    ))
 }
