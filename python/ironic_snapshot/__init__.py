@@ -45,11 +45,10 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Lazy re-export of the extension's names (PEP 562).
-    if name == "capture":
-        from ironic_snapshot._engine import capture as value
-    elif name == "__version__":
-        from ironic_snapshot._engine import VERSION as value
-    else:
+    if name not in ("capture", "__version__"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ironic_snapshot import _engine
+
+    value: Any = _engine.capture if name == "capture" else _engine.VERSION
     globals()[name] = value
     return value

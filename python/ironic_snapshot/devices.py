@@ -64,7 +64,7 @@ def related_devnos(devno: str) -> set[str]:
 
 def _mountinfo_users(devnos: set[str], paths: set[str]) -> list[str]:
     """Mount points of filesystems on ``devnos`` or with a source in ``paths``."""
-    found = []
+    found: list[str] = []
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
@@ -84,7 +84,7 @@ def _mountinfo_users(devnos: set[str], paths: set[str]) -> list[str]:
 
 def _swap_users(devnos: set[str], paths: set[str]) -> list[str]:
     """Active swap areas on ``devnos``."""
-    found = []
+    found: list[str] = []
     try:
         lines = Path("/proc/swaps").read_text().splitlines()[1:]
     except OSError:
@@ -114,7 +114,7 @@ def _lsblk_users(device: str) -> list[str]:
         tree = json.loads(result.stdout)
     except ValueError:
         return []
-    found = []
+    found: list[str] = []
     stack = list(tree.get("blockdevices") or [])
     while stack:
         entry = stack.pop()
