@@ -576,6 +576,9 @@ const EXTENTS_FL: u32 = 0x0008_0000;
 const EXTENT_MAGIC: u16 = 0xF30A;
 /// Deepest extent tree followed.
 const MAX_EXTENT_DEPTH: u16 = 5;
+/// Most extent tree blocks read for the journal (a real one needs a handful):
+/// bounds the work on a crafted tree whose pointers repeat.
+const MAX_EXTENT_NODES: u32 = 256;
 
 /// Blocks of an internal journal past its superblock, when the journal is
 /// empty (`s_start == 0`): a clean unmount left nothing in it to replay,
@@ -602,13 +605,9 @@ fn journal_body(
         return Ok(None);
     }
     let mut extents = Vec::new();
-    walk_extents(
-        slice,
-        geo,
-        inode.get(0x28..0x28 + 60).ok_or("inode too short")?,
-        None,
-        &mut extents,
-    )?;
+    let mut budget = MAX_EXTENT_NODES;
+    let root = inode.get(0x28..0x28 + 60).ok_or("inode too short")?;
+    walk_extents(slice, geo, root, None, &mut budget, &mut extents)?;
     // Logical block 0 is the journal superblock: it must say "empty".
     let first = extents
         .iter()
@@ -638,6 +637,7 @@ fn walk_extents(
     geo: &Geometry,
     node: &[u8],
     want_depth: Option<u16>,
+    budget: &mut u32,
     out: &mut Vec<(u32, u64, u64)>,
 ) -> Result<(), Reason> {
     let bad = || Reason::from("journal extent tree not valid");
@@ -669,11 +669,12 @@ fn walk_extents(
             out.push((logical, physical, len));
         } else {
             let child = u64::from(le16(node, e + 8)?) << 32 | u64::from(le32(node, e + 4)?);
-            if child < geo.first_data_block || child >= geo.blocks || out.len() > 1 << 20 {
+            if child < geo.first_data_block || child >= geo.blocks || *budget == 0 {
                 return Err(bad());
             }
+            *budget -= 1;
             let block = slice.read(child * geo.block_size, geo.block_size as usize)?;
-            walk_extents(slice, geo, &block, Some(depth - 1), out)?;
+            walk_extents(slice, geo, &block, Some(depth - 1), budget, out)?;
         }
     }
     Ok(())

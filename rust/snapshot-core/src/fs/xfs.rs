@@ -225,6 +225,9 @@ fn ag_free(slice: &Slice<'_>, sb: &Sb, ag: u64, ag_len: u64) -> Result<Vec<Range
     let levels = be32(&agf, 0x1C)?;
     let free_blocks = u64::from(be32(&agf, 0x34)?);
     let longest = u64::from(be32(&agf, 0x38)?);
+    // Blocks the AGF's btrees hold beyond their roots: a bound on the walk
+    // that stops a crafted tree with repeated pointers from running long.
+    let max_blocks = u64::from(be32(&agf, 0x3C)?) + u64::from(MAX_LEVELS) + 1;
     if levels == 0 || levels > MAX_LEVELS || root == 0 || root >= ag_len {
         return Err(format!("free-space btree root of AG {ag} is not valid"));
     }
@@ -242,7 +245,7 @@ fn ag_free(slice: &Slice<'_>, sb: &Sb, ag: u64, ag_len: u64) -> Result<Vec<Range
     let mut stack: Vec<(u64, u32)> = vec![(root, levels - 1)];
     while let Some((agbno, level)) = stack.pop() {
         visited += 1;
-        if visited > ag_len || agbno < headers_end || agbno >= ag_len {
+        if visited > max_blocks || agbno < headers_end || agbno >= ag_len {
             return Err(format!("free-space btree of AG {ag} is malformed"));
         }
         let daddr_byte = ag_byte + agbno * bs;
@@ -264,7 +267,8 @@ fn ag_free(slice: &Slice<'_>, sb: &Sb, ag: u64, ag_len: u64) -> Result<Vec<Range
             }
         }
         if level == 0 {
-            if numrecs > leaf_max {
+            // Only a root leaf (an AG with no free space) may be empty.
+            if numrecs > leaf_max || (numrecs == 0 && level + 1 != levels) {
                 return Err(bad());
             }
             for i in 0..numrecs {
