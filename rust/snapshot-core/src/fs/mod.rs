@@ -58,9 +58,42 @@ pub struct DiskPlan {
 }
 
 impl DiskPlan {
+    /// A plan that reads all of a disk of `size` bytes, with no partition report.
+    pub fn whole(size: u64) -> DiskPlan {
+        DiskPlan {
+            ranges: if size > 0 { vec![0..size] } else { Vec::new() },
+            partitions: Vec::new(),
+        }
+    }
+
     /// Total bytes the plan reads.
     pub fn bytes_to_read(&self) -> u64 {
         self.ranges.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Whether any planned byte falls in `span`: a cluster for which this is
+    /// false need not be read at all (it is all zeros in the image).
+    pub fn overlaps(&self, span: Range<u64>) -> bool {
+        let first = self.ranges.partition_point(|r| r.end <= span.start);
+        self.ranges.get(first).is_some_and(|r| r.start < span.end)
+    }
+
+    /// Zeroes the bytes of `buf`, read from disk offset `offset`, that the
+    /// plan does not read: ranges are block-granular (512 bytes to 64 KiB),
+    /// finer than an image cluster, so a cluster read whole is masked with this.
+    pub fn zero_unplanned(&self, offset: u64, buf: &mut [u8]) {
+        let end = offset + buf.len() as u64;
+        let mut cursor = offset;
+        let first = self.ranges.partition_point(|r| r.end <= offset);
+        for r in self.ranges[first..].iter().take_while(|r| r.start < end) {
+            if r.start > cursor {
+                buf[(cursor - offset) as usize..(r.start - offset) as usize].fill(0);
+            }
+            cursor = cursor.max(r.end);
+        }
+        if cursor < end {
+            buf[(cursor - offset) as usize..].fill(0);
+        }
     }
 }
 

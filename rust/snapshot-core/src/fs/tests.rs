@@ -885,6 +885,33 @@ fn xfs_log_verdict_matches_xfs_logprint_as_the_log_wraps() {
     assert!(wraps >= 2, "log never wrapped: {heads:?}");
 }
 
+#[test]
+fn plan_helpers_mask_and_overlap() {
+    let plan = DiskPlan {
+        ranges: vec![10..20, 30..35],
+        partitions: Vec::new(),
+    };
+    assert!(!plan.overlaps(0..10));
+    assert!(plan.overlaps(0..11));
+    assert!(plan.overlaps(19..30));
+    assert!(!plan.overlaps(20..30));
+    assert!(!plan.overlaps(35..100));
+    let mut buf = [1u8; 40];
+    plan.zero_unplanned(0, &mut buf);
+    let expected: Vec<u8> = (0..40u64)
+        .map(|i| u8::from((10..20).contains(&i) || (30..35).contains(&i)))
+        .collect();
+    assert_eq!(buf.to_vec(), expected);
+    let mut tail = [1u8; 10];
+    plan.zero_unplanned(15, &mut tail);
+    assert_eq!(tail, [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]);
+    assert_eq!(DiskPlan::whole(5).ranges, vec![0..5]);
+    assert_eq!(
+        subtract(&[0..10, 20..30], &[5..22, 25..26]),
+        vec![0..5, 22..25, 26..30]
+    );
+}
+
 // ---- property tests: malformed input never panics, never skips data ----
 
 /// An image with a valid GPT whose entries are random, CRCs fixed up so the
