@@ -7,10 +7,11 @@
 //! the boot block and anything past the end of the filesystem.
 //!
 //! Trusted only when it can be: a journal to replay, a filesystem not marked
-//! clean or marked with errors, unknown or unsupported features (`meta_bg`,
-//! `bigalloc`, snapshots), failed superblock, descriptor or bitmap
+//! clean or marked with errors, unknown or unsupported features
+//! (`bigalloc`, snapshots), failed superblock, descriptor or bitmap
 //! checksums, a descriptor free count the bitmap disagrees with, or a
 //! metadata block the bitmap marks free all make the partition read whole.
+//! `meta_bg` descriptor layouts are followed as the kernel's `descriptor_loc`.
 
 use std::ops::Range;
 
@@ -29,10 +30,11 @@ const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
 const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_CSUM_SEED: u32 = 0x2000;
-/// filetype, extents, 64bit, mmp, flex_bg, ea_inode, dirdata, csum_seed,
+/// filetype, meta_bg (layout followed), extents, 64bit, mmp, flex_bg, ea_inode, dirdata, csum_seed,
 /// largedir, inline_data, encrypt, casefold: none changes where blocks are
 /// accounted, so the bitmaps stay the truth.
 const INCOMPAT_UNDERSTOOD: u32 = 0x2
+    | 0x10
     | 0x40
     | 0x80
     | 0x100
@@ -115,6 +117,9 @@ struct Geometry {
     groups: u64,
     desc_size: usize,
     gdt_blocks: u64,
+    /// With `meta_bg`: descriptor blocks before this index keep the classic
+    /// layout, later ones live in their own meta group.
+    first_meta_bg: Option<u64>,
     reserved_gdt_blocks: u64,
     itable_blocks: u64,
     inodes_per_group: u64,
@@ -154,9 +159,26 @@ fn plan(slice: &Slice<'_>, sb: &[u8]) -> Result<Allocation, Reason> {
     // All metadata, in blocks, wherever flex_bg put it.
     let mut meta: Vec<Range<u64>> = Vec::new();
     for g in 0..geo.groups {
-        if has_super(&geo, g) {
-            let start = group_start(&geo, g);
-            meta.push(start..start + 1 + geo.gdt_blocks + geo.reserved_gdt_blocks);
+        let start = group_start(&geo, g);
+        let sb_copy = u64::from(has_super(&geo, g));
+        let per_block = geo.block_size / geo.desc_size as u64;
+        match geo.first_meta_bg {
+            // meta_bg: one descriptor block per meta group, in its first,
+            // second and last group, after the superblock copy if any.
+            Some(first_meta) if g >= first_meta * per_block => {
+                let first = g - g % per_block;
+                let gdt = u64::from(g == first || g == first + 1 || g == first + per_block - 1);
+                meta.push(start..start + sb_copy + gdt);
+            }
+            // The classic layout (or meta_bg's first groups): the descriptor
+            // table and its reserved growth area follow each superblock copy.
+            Some(first_meta) if sb_copy == 1 => {
+                meta.push(start..start + 1 + first_meta + geo.reserved_gdt_blocks)
+            }
+            None if sb_copy == 1 => {
+                meta.push(start..start + 1 + geo.gdt_blocks + geo.reserved_gdt_blocks)
+            }
+            _ => {}
         }
     }
     for d in &descs {
@@ -268,9 +290,6 @@ fn geometry(slice: &Slice<'_>, sb: &[u8]) -> Result<Geometry, Reason> {
     if state & STATE_VALID == 0 {
         return Err("filesystem not cleanly unmounted".into());
     }
-    if incompat & INCOMPAT_META_BG != 0 {
-        return Err("meta_bg layout not supported".into());
-    }
     if ro_compat & RO_COMPAT_BIGALLOC != 0 {
         return Err("bigalloc not supported".into());
     }
@@ -358,6 +377,15 @@ fn geometry(slice: &Slice<'_>, sb: &[u8]) -> Result<Geometry, Reason> {
     if inodes != inodes_per_group * groups {
         return Err("inode count disagrees with the group count".into());
     }
+    let first_meta_bg = if incompat & INCOMPAT_META_BG != 0 {
+        let first = u64::from(le32(sb, 0x104)?);
+        if first > gdt_bytes.div_ceil(block_size) {
+            return Err("first meta block group lies past the descriptor table".into());
+        }
+        Some(first)
+    } else {
+        None
+    };
     let backup_bgs = (compat & COMPAT_SPARSE_SUPER2 != 0)
         .then(|| Ok::<_, Reason>([u64::from(le32(sb, 0x24C)?), u64::from(le32(sb, 0x250)?)]))
         .transpose()?;
@@ -369,6 +397,7 @@ fn geometry(slice: &Slice<'_>, sb: &[u8]) -> Result<Geometry, Reason> {
         groups,
         desc_size,
         gdt_blocks: gdt_bytes.div_ceil(block_size),
+        first_meta_bg,
         reserved_gdt_blocks: u64::from(le16(sb, 0xCE)?),
         itable_blocks: (inodes_per_group * inode_size).div_ceil(block_size),
         inodes_per_group,
@@ -382,10 +411,28 @@ fn geometry(slice: &Slice<'_>, sb: &[u8]) -> Result<Geometry, Reason> {
 /// Reads and verifies every group descriptor.
 fn descriptors(slice: &Slice<'_>, geo: &Geometry, uuid: &[u8]) -> Result<Vec<Desc>, Reason> {
     let ds = geo.desc_size;
-    let table = slice.read(
-        (geo.first_data_block + 1) * geo.block_size,
-        geo.groups as usize * ds,
-    )?;
+    let table = match geo.first_meta_bg {
+        None => slice.read(
+            (geo.first_data_block + 1) * geo.block_size,
+            geo.groups as usize * ds,
+        )?,
+        Some(first_meta) => {
+            // Descriptor block `nr` sits where the kernel's descriptor_loc() says.
+            let per_block = geo.block_size / ds as u64;
+            let mut table = Vec::with_capacity((geo.gdt_blocks * geo.block_size) as usize);
+            for nr in 0..geo.gdt_blocks {
+                let block = if nr < first_meta {
+                    geo.first_data_block + nr + 1
+                } else {
+                    let g = per_block * nr;
+                    group_start(geo, g) + u64::from(has_super(geo, g))
+                };
+                table.extend(slice.read(block * geo.block_size, geo.block_size as usize)?);
+            }
+            table.truncate(geo.groups as usize * ds);
+            table
+        }
+    };
     let mut descs = Vec::with_capacity(geo.groups as usize);
     for (g, raw) in table.chunks_exact(ds).enumerate() {
         let hi = |off: usize| -> Result<u64, Reason> {

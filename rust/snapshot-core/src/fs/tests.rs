@@ -259,6 +259,27 @@ fn ext_variants_match_dumpe2fs() {
         ("ext4-32bit", &["-t", "ext4", "-O", "^64bit"]),
         ("ext4-sparse2", &["-t", "ext4", "-O", "sparse_super2"]),
         (
+            "ext4-meta-bg",
+            &["-t", "ext4", "-O", "meta_bg,^resize_inode"],
+        ),
+        (
+            "ext4-meta-bg-1k",
+            &[
+                "-t",
+                "ext4",
+                "-b",
+                "1024",
+                "-g",
+                "1024",
+                "-O",
+                "meta_bg,^resize_inode",
+            ],
+        ),
+        (
+            "ext4-inline-quota",
+            &["-t", "ext4", "-O", "inline_data,quota,project"],
+        ),
+        (
             "ext4-small-groups",
             &["-t", "ext4", "-g", "1024", "-N", "2048"],
         ),
