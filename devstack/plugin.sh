@@ -24,6 +24,21 @@
 _XTRACE_IRONIC_SNAPSHOT=$(set +o | grep xtrace)
 set -o xtrace
 
+# Prints the Glance endpoint the agent uploads to.
+function ironic_snapshot_glance_endpoint {
+    echo "${IRONIC_SNAPSHOT_GLANCE_ENDPOINT:-${GLANCE_URL:-}}"
+}
+
+# Prints a Python that has PyYAML: DevStack's global virtualenv (the
+# OpenStack client's), else $PYTHON.
+function ironic_snapshot_python {
+    if [[ -n ${DEVSTACK_VENV:-} && -x $DEVSTACK_VENV/bin/python3 ]]; then
+        echo "$DEVSTACK_VENV/bin/python3"
+    else
+        echo "${PYTHON:-python3}"
+    fi
+}
+
 # Runs an OpenStack client command as the cloud admin.
 function ironic_snapshot_os {
     openstack --os-cloud "$IRONIC_SNAPSHOT_OS_CLOUD" "$@"
@@ -120,7 +135,7 @@ function build_ironic_snapshot_ramdisk {
     fi
 
     envs=(DIB_IRONIC_SNAPSHOT_WHEEL="$wheel"
-        DIB_IRONIC_SNAPSHOT_GLANCE_ENDPOINT="$IRONIC_SNAPSHOT_GLANCE_ENDPOINT"
+        DIB_IRONIC_SNAPSHOT_GLANCE_ENDPOINT="$(ironic_snapshot_glance_endpoint)"
         DIB_DHCP_TIMEOUT="${IRONIC_DIB_DHCP_TIMEOUT:-60}"
         DIB_CLOUD_INIT_DATASOURCES="ConfigDrive,openstack")
     # Same agent and constraints as the ramdisk Ironic would build: the
@@ -161,7 +176,7 @@ function ironic_snapshot_render_runbook {
     for name in $(compgen -v IRONIC_SNAPSHOT_); do
         envs+=("$name=${!name}")
     done
-    env "${envs[@]}" "${PYTHON:-python3}" - "$1" "$2" << 'EOF'
+    env "${envs[@]}" "$(ironic_snapshot_python)" - "$1" "$2" << 'EOF'
 import json
 import os
 import string
@@ -196,6 +211,7 @@ function configure_ironic_snapshot_runbook {
     if [[ ${HOST_TOPOLOGY_ROLE:-} == subnode ]]; then
         return 0
     fi
+    IRONIC_SNAPSHOT_GLANCE_ENDPOINT=$(ironic_snapshot_glance_endpoint)
     if [[ -z $IRONIC_SNAPSHOT_GLANCE_ENDPOINT ]]; then
         die $LINENO "No Glance endpoint for the runbook: enable glance or set IRONIC_SNAPSHOT_GLANCE_ENDPOINT"
     fi

@@ -138,6 +138,11 @@ die_if_not_set() {
     [[ -n ${!name:-} ]] || die "$line" "$*"
 }
 source "$HARNESS_SETTINGS"
+# Like lib/glance, which DevStack may source after the plugin settings.
+if [[ -n ${HARNESS_LATE_GLANCE_URL:-} ]]; then
+    # shellcheck disable=SC2034  # read by plugin.sh
+    GLANCE_URL=$HARNESS_LATE_GLANCE_URL
+fi
 for phase in $HARNESS_PHASES; do
     # shellcheck disable=SC2086
     source "$HARNESS_PLUGIN" ${phase//:/ }

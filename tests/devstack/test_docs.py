@@ -17,5 +17,5 @@ def test_readme_renders_without_warnings(path: Path) -> None:
     # halt_level 2 turns every docutils warning (a broken table, a bad
     # reference) into an exception.
     docutils.core.publish_string(
-        path.read_text(), source_path=str(path), writer_name="null", settings_overrides={"halt_level": 2}
+        path.read_text(), source_path=str(path), writer="null", settings_overrides={"halt_level": 2}
     )

@@ -307,3 +307,20 @@ def test_clean_keeps_an_operator_ramdisk(harness: Harness) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert harness.kernel.read_bytes() == b"operator kernel"
     assert harness.ramdisk.read_bytes() == b"operator ramdisk"
+
+
+def test_explicit_glance_endpoint_wins_over_devstack_glance(harness: Harness) -> None:
+    r = harness.run(*ALL_STACK, IRONIC_SNAPSHOT_GLANCE_ENDPOINT="https://glance.example.org:9292")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.of("disk-image-create")[0]["env"]["DIB_IRONIC_SNAPSHOT_GLANCE_ENDPOINT"] == "https://glance.example.org:9292"
+    (create,) = [c for c in r.of("openstack") if "steps" in c]
+    assert create["steps"][0]["args"]["glance_endpoint"] == "https://glance.example.org:9292"
+
+
+def test_glance_url_set_after_the_settings_is_used(harness: Harness) -> None:
+    # lib/glance may define GLANCE_URL after DevStack sourced our settings:
+    # the plugin reads it when the phase runs.
+    r = harness.run("stack:extra", GLANCE_URL="", HARNESS_LATE_GLANCE_URL="http://198.51.100.7/image")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (create,) = [c for c in r.of("openstack") if "steps" in c]
+    assert create["steps"][0]["args"]["glance_endpoint"] == "http://198.51.100.7/image"
