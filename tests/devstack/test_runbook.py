@@ -15,7 +15,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from ironic.api.controllers.v1 import runbook as ironic_runbook
 
 from .harness import IMAGE_ID, REPO, Harness
 
@@ -47,6 +46,9 @@ def rendered(tmp_path: Path, **env: str) -> tuple[str, list[dict[str, Any]]]:
 
 @pytest.mark.parametrize("device", ["", "/dev/nvme0n1"])
 def test_rendered_runbook_passes_ironic_schemas(tmp_path: Path, device: str) -> None:
+    # Imported here: Ironic's API modules are heavy and register options.
+    from ironic.api.controllers.v1 import runbook as ironic_runbook
+
     name, steps = rendered(tmp_path, IRONIC_SNAPSHOT_DEVICE=device)
     body = {"name": name, "steps": steps}
     # Before API 1.112 the runbook name must be a valid trait.
