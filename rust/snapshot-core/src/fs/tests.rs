@@ -933,6 +933,36 @@ fn plan_helpers_mask_and_overlap() {
     );
 }
 
+#[test]
+fn gpt_with_4096_byte_sectors() {
+    // sgdisk on a loop device with 4 KiB logical sectors writes a 4Kn GPT.
+    assert!(is_root(), "this test creates a loop device: run it as root");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("4kn.img");
+    let swap = dir.path().join("swap");
+    run("truncate", &["-s", "64M", disk.to_str().unwrap()]);
+    run("truncate", &["-s", "32M", swap.to_str().unwrap()]);
+    run("mkswap", &["-q", swap.to_str().unwrap()]);
+    sh(&format!(
+        "dev=$(losetup --find --show -b 4096 {0}); trap 'losetup -d $dev' EXIT; \
+         sgdisk -o -n1:256:+8M -t1:ef00 -n2:0:+32M -t2:8200 $dev > /dev/null; \
+         dd if={1} of={0} bs=4096 seek=2304 conv=notrunc status=none",
+        disk.display(),
+        swap.display()
+    ));
+    let plan = plan_file(&disk);
+    let summary: Vec<(u32, u64, &str)> = plan
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.start, p.handling.as_str()))
+        .collect();
+    assert_eq!(summary, [(1, MIB, WHOLE), (2, 2304 * 4096, HEADER_ONLY)]);
+    assert_eq!(
+        plan.ranges,
+        vec![0..2304 * 4096 + 4096, (2304 + 8192) * 4096..64 * MIB]
+    );
+}
+
 // ---- property tests: malformed input never panics, never skips data ----
 
 /// An image with a valid GPT whose entries are random, CRCs fixed up so the
