@@ -69,7 +69,7 @@ else
 
     shopt -s nullglob
     wheels=("$work"/dist/*.whl)
-    ((${#wheels[@]} == 1)) || die "Expected one wheel, found ${#wheels[@]}: ${wheels[*]}"
+    [[ ${#wheels[@]} -eq 1 ]] || die "Expected one wheel, found ${#wheels[@]}: ${wheels[*]}"
     wheel=${wheels[0]}
     say "Built $(basename "$wheel") in ${build_seconds}s"
 fi
@@ -81,17 +81,23 @@ IFS=- read -r _ _ py_tag abi_tag plat_tag <<< "${name%.whl}"
 [[ $py_tag == cp311 ]] || die "Wheel $name targets $py_tag, expected cp311 (abi3 from Python 3.11)"
 
 # Every platform tag must be manylinux with a glibc no newer than max_glibc.
-glibc_ok() {
-    # $1 = manylinux tag; prints nothing, succeeds when its glibc <= max_glibc.
-    local tag=$1 major minor
-    case $tag in
-        manylinux2014_*) major=2 minor=17 ;;
+glibc_minor() {
+    # $1 = manylinux tag; prints the minor glibc version it stands for (all
+    # are glibc 2.x), fails for anything but a manylinux tag.
+    local major minor
+    case $1 in
+        manylinux2014_*) echo 17 ;;
         manylinux_*_*_*)
-            IFS=_ read -r _ major minor _ <<< "$tag"
+            IFS=_ read -r _ major minor _ <<< "$1"
+            [[ $major == 2 && $minor =~ ^[0-9]+$ ]] && echo "$minor"
             ;;
         *) return 1 ;;
     esac
-    ((major < 2 || (major == 2 && minor <= ${max_glibc#2.})))
+}
+glibc_ok() {
+    # $1 = manylinux tag; succeeds when its glibc <= max_glibc.
+    local minor
+    minor=$(glibc_minor "$1") && [[ $minor -le ${max_glibc#2.} ]]
 }
 IFS=. read -r -a plat_tags <<< "$plat_tag"
 for tag in "${plat_tags[@]}"; do
@@ -115,6 +121,13 @@ say "auditwheel show"
 audit_tag=$(tr '\n' ' ' < "$work/auditwheel.txt" | grep -o 'platform tag to "[^"]*"' | head -n 1 | cut -d'"' -f2 || true)
 [[ -n $audit_tag ]] || die "auditwheel show named no platform tag for $name"
 glibc_ok "$audit_tag" || die "auditwheel says $name needs $audit_tag, newer than manylinux_${max_glibc//./_}"
+# A file name claiming an older glibc than the symbols need would install
+# where the engine cannot load.
+audit_minor=$(glibc_minor "$audit_tag")
+for tag in "${plat_tags[@]}"; do
+    [[ $(glibc_minor "$tag") -ge $audit_minor ]] ||
+        die "Wheel $name claims $tag but its symbols need $audit_tag (auditwheel show)"
+done
 
 # Finds an interpreter by name: on PATH, or (pyenv shims refuse versions that
 # are not selected) among pyenv's installed versions.
@@ -154,7 +167,7 @@ print(f"ironic_snapshot._engine {engine.VERSION} imported from {engine.__file__}
 EOF
     installed=$((installed + 1))
 done
-((installed > 0)) || die "The wheel was installed into no interpreter"
+[[ $installed -gt 0 ]] || die "The wheel was installed into no interpreter"
 
 if [[ -n ${WHEEL_OUT:-} && -z $check_only ]]; then
     mkdir -p "$WHEEL_OUT"

@@ -49,3 +49,18 @@ def test_shellcheck_does_catch_mistakes(tmp_path: Path) -> None:
     bad.write_text('#!/bin/bash\nrm -rf $1/*\n[ $x == y ]\n')
     r = shellcheck("-s", "bash", str(bad))
     assert r.returncode != 0 and "SC2086" in r.stdout
+
+
+def test_shell_scripts_follow_openstack_bash_style() -> None:
+    # bashate is OpenStack's style checker for DevStack plugins; E006 (line
+    # length) is ignored as DevStack itself does.
+    bashate = harness.VENV_BIN / "bashate"
+    assert bashate.exists(), "bashate is missing from the test virtualenv: install tests/requirements.txt"
+    r = subprocess.run(
+        [str(bashate), "--ignore", "E006", "--error", "E", *map(str, scripts())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in r.stdout + r.stderr, r.stdout + r.stderr

@@ -73,6 +73,8 @@ def test_wheel_is_abi3_manylinux_2_28_with_the_agent_entry_point(wheel: Path) ->
         ("manylinux_2_28_x86_64", "linux_x86_64", "is not manylinux_2_28 or older"),
         ("-abi3-", "-cp311-", "is not abi3"),
         ("-cp311-", "-cp312-", "expected cp311"),
+        # Claims an older glibc than its symbols need: auditwheel catches it.
+        ("manylinux_2_28", "manylinux_2_17", "claims manylinux_2_17_x86_64 but its symbols need manylinux_2_28"),
     ],
 )
 def test_wheel_sh_refuses_tags_the_ramdisk_cannot_install(
