@@ -11,6 +11,7 @@
 //! [`capture`]. It logs through `tracing` and reports progress through the
 //! [`Progress`] trait so that each front end renders it its own way.
 
+pub mod capture;
 pub mod digest;
 pub mod error;
 pub mod fs;
@@ -21,6 +22,7 @@ pub mod report;
 pub mod sink;
 pub mod size;
 
+pub use capture::capture;
 pub use error::{Error, Result};
 pub use options::{CaptureOptions, Compression, Format, Target};
 pub use progress::{NoProgress, Progress, ProgressUpdate};

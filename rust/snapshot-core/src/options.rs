@@ -96,6 +96,18 @@ pub enum Target {
     Glance(GlanceTarget),
 }
 
+impl Target {
+    /// Where the image goes, for logs and the report, without secrets: the
+    /// file's path, `-` for standard output, or `glance:ID`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::File { path, .. } => path.display().to_string(),
+            Target::Stdout => "-".to_owned(),
+            Target::Glance(glance) => format!("glance:{}", glance.image_id),
+        }
+    }
+}
+
 /// How to capture.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {

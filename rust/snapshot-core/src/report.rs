@@ -1,5 +1,6 @@
 //! What a capture reports: sizes, digests of the emitted bytes, timings.
 
+use crate::fs::PartitionReport;
 use crate::options::{Compression, Format};
 
 /// The result of a successful capture. Serialised as the CLI's `--json`
@@ -37,6 +38,9 @@ pub struct Report {
     pub target: String,
     /// Version of the engine.
     pub tool_version: String,
+    /// How each partition was read when free space was skipped; empty when
+    /// the whole disk was read (no plan, or no partition table found).
+    pub partitions: Vec<PartitionReport>,
 }
 
 /// Cluster counts by how each guest cluster was stored.
