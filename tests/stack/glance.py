@@ -229,7 +229,9 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
                    stderr=subprocess.PIPE)
     stderr_log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed by the process end
     process = subprocess.Popen(
-        [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+        # Two workers: a status GET must be answered while an upload
+        # occupies the other (sync) worker.
+        [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
          # Uploads of big images take longer than gunicorn's default 30 s.
          "--timeout", "3600", "glance.wsgi.api:application"],
         env=env, cwd=workdir, stdout=stderr_log, stderr=subprocess.STDOUT,
