@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +78,24 @@ class IronicServer:
     :ivar workdir: folder holding config, sqlite database and ``ironic.log``.
     """
 
-    def __init__(self, endpoint: str, workdir: Path, process: subprocess.Popen):
+    def __init__(self, endpoint: str, workdir: Path, process: subprocess.Popen, *,
+                 client_env: Mapping[str, str] | None = None,
+                 token: Callable[[], str] | None = None):
         self.endpoint = endpoint
         self.workdir = workdir
         self.process = process
         self.log_path = workdir / "ironic.log"
+        self._client_env = dict(client_env) if client_env is not None else None
+        self._token = token
 
     def env(self) -> dict[str, str]:
         """Environment for ``baremetal`` commands talking to this Ironic."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        if self._client_env is not None:
+            # Keystone auth: credentials (and the catalog) come from the caller.
+            env.update(self._client_env)
+            env.setdefault("OS_BAREMETAL_API_VERSION", "latest")
+            return env
         env.update(OS_AUTH_TYPE="none", OS_ENDPOINT=self.endpoint, OS_BAREMETAL_API_VERSION="latest")
         return env
 
@@ -102,8 +111,10 @@ class IronicServer:
     def api(self, method: str, path: str, body: object | None = None) -> Any:
         """One request to the Ironic API (latest microversion); returns the JSON body."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.endpoint + path, data=data, method=method, headers={
-            "Content-Type": "application/json", "X-OpenStack-Ironic-API-Version": "latest"})
+        headers = {"Content-Type": "application/json", "X-OpenStack-Ironic-API-Version": "latest"}
+        if self._token is not None:
+            headers["X-Auth-Token"] = self._token()
+        req = urllib.request.Request(self.endpoint + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=30) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -189,18 +200,26 @@ def _write_conf(path: Path, sections: dict[str, dict[str, str]]) -> None:
 
 
 @contextlib.contextmanager
-def start_ironic(workdir: Path, *, port: int | None = None) -> Iterator[IronicServer]:
+def start_ironic(workdir: Path, *, port: int | None = None,
+                 extra_conf: Mapping[str, Mapping[str, str]] | None = None,
+                 client_env: Mapping[str, str] | None = None,
+                 token: Callable[[], str] | None = None) -> Iterator[IronicServer]:
     """Starts Ironic all-in-one in ``workdir`` and stops it on exit.
 
     :param workdir: an empty (or missing) folder for config, database and log.
     :param port: API port; a free one by default.
+    :param extra_conf: sections merged over the generated ``ironic.conf``,
+        such as ``auth_strategy = keystone`` and ``[keystone_authtoken]``.
+    :param client_env: ``OS_*`` variables of the ``baremetal`` commands
+        instead of the no-auth ones (for a Keystone-protected Ironic).
+    :param token: returns the token the REST helpers send (Keystone auth).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
     conf = workdir / "ironic.conf"
-    _write_conf(conf, {
+    sections: dict[str, dict[str, str]] = {
         "DEFAULT": {
             "auth_strategy": "noauth",
             "rpc_transport": "none",
@@ -233,7 +252,10 @@ def start_ironic(workdir: Path, *, port: int | None = None) -> Iterator[IronicSe
                   "post_deploy_get_power_state_retries": "1"},
         "service_catalog": {"endpoint_override": endpoint, "auth_type": "none"},
         "oslo_concurrency": {"lock_path": str(workdir / "locks")},
-    })
+    }
+    for section, values in (extra_conf or {}).items():
+        sections.setdefault(section, {}).update(values)
+    _write_conf(conf, sections)
     bin_dir = _venv_bin()
     subprocess.run([str(bin_dir / "ironic-dbsync"), "--config-file", str(conf), "create_schema"],
                    check=True, cwd=workdir, capture_output=True)
@@ -241,7 +263,7 @@ def start_ironic(workdir: Path, *, port: int | None = None) -> Iterator[IronicSe
     process = subprocess.Popen([str(bin_dir / "ironic"), "--config-file", str(conf)],
                                cwd=workdir, stdout=output, stderr=subprocess.STDOUT,
                                start_new_session=True)
-    server = IronicServer(endpoint, workdir, process)
+    server = IronicServer(endpoint, workdir, process, client_env=client_env, token=token)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
