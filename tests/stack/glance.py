@@ -180,7 +180,7 @@ class GlanceServer:
 @contextlib.contextmanager
 def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
                  extra_conf: Mapping[str, Mapping[str, str]] | None = None,
-                 port: int | None = None) -> Iterator[GlanceServer]:
+                 port: int | None = None, workers: int = 2) -> Iterator[GlanceServer]:
     """Starts Glance in ``workdir`` and stops it on exit.
 
     :param workdir: an empty (or missing) folder for config, database, store, log.
@@ -189,6 +189,8 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
     :param token: token the REST helpers send as ``X-Auth-Token``.
     :param extra_conf: sections merged over the generated ``glance-api.conf``.
     :param port: port to listen on; a free one by default.
+    :param workers: gunicorn (sync) workers. At least 2 lets a status GET be
+        answered while an upload occupies a worker.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -229,9 +231,7 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
                    stderr=subprocess.PIPE)
     stderr_log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed by the process end
     process = subprocess.Popen(
-        # Two workers: a status GET must be answered while an upload
-        # occupies the other (sync) worker.
-        [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+        [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
          # Uploads of big images take longer than gunicorn's default 30 s.
          "--timeout", "3600", "glance.wsgi.api:application"],
         env=env, cwd=workdir, stdout=stderr_log, stderr=subprocess.STDOUT,
