@@ -10,8 +10,8 @@
 //! - after [`Sink::finish`] succeeded: an `active` image holding every byte;
 //! - after [`Sink::abort`] (or a dropped sink): the request body is broken off
 //!   without its final chunk, so Glance sees a truncated upload, discards the
-//!   data and puts the image back to `queued`. It never becomes `active` with
-//!   partial data. Deleting the image is left to the caller, which created it;
+//!   data and puts the image back to `queued` (abort waits up to 10 s for
+//!   that). It never becomes `active` with partial data. Deleting the image is left to the caller, which created it;
 //! - after Glance itself died mid-upload: whatever its restart makes of an
 //!   image stuck in `saving` (never `active`); the capture fails with
 //!   [`Error::Connection`].
@@ -39,6 +39,8 @@ const CHUNK: usize = 1 << 20;
 const QUEUE: usize = 4;
 /// Time limit of the small metadata requests (not of the upload).
 const API_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long [`Sink::abort`] waits for Glance to leave `saving`.
+const ABORT_SETTLE: Duration = Duration::from_secs(10);
 
 /// What the writer passes to the upload thread.
 enum Chunk {
@@ -262,22 +264,37 @@ impl Sink for GlanceSink {
         if self.worker.is_some() {
             let _ = self.join();
         }
-        match get_image(
-            &self.meta_client,
-            &self.api,
-            &self.image_id,
-            self.token.as_ref(),
-        ) {
-            Ok(image) => {
-                let status = image
-                    .get("status")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("unknown");
-                tracing::warn!(image_id = %self.image_id, status, "Glance upload broken off");
+        // Glance notices the broken body a moment later and only then puts
+        // the image back to queued: wait for that (briefly) so callers see
+        // the final state.
+        let deadline = std::time::Instant::now() + ABORT_SETTLE;
+        loop {
+            match get_image(
+                &self.meta_client,
+                &self.api,
+                &self.image_id,
+                self.token.as_ref(),
+            ) {
+                Ok(image) => {
+                    let status = image
+                        .get("status")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("unknown");
+                    if status == "saving" && std::time::Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                    tracing::warn!(image_id = %self.image_id, status, "Glance upload broken off");
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        image_id = %self.image_id,
+                        error = %err,
+                        "Glance upload broken off; image status unknown"
+                    );
+                }
             }
-            Err(err) => {
-                tracing::warn!(image_id = %self.image_id, error = %err, "Glance upload broken off; image status unknown");
-            }
+            break;
         }
     }
 
