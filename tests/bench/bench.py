@@ -243,6 +243,8 @@ def main():
                         help="where outputs go, never the source's folder (default /dev/shm)")
     parser.add_argument("--qemu-64", action="store_true", help="also run qemu-img on the 64 GiB disk")
     parser.add_argument("--results", type=Path, help="write all measurements as JSON here")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the 8 GiB runs: ours with --threads 1 and 2, and one run under perf")
     parser.add_argument("--ours-arg", action="append", default=[],
                         help="extra argument for every ironic-snapshot run (repeatable)")
     args = parser.parse_args()
@@ -372,6 +374,47 @@ def bench_disk(args, label, disk, dev, contenders, work, results, failures):
                     entry["validation"] = "FAILED: %s" % exc
                     failures.append("%s validation: %s" % (key, exc))
             out.unlink(missing_ok=True)
+    if args.profile and label == "8G":
+        profile(args, contenders, dev, work, results, failures)
+
+
+def profile(args, contenders, dev, work, results, failures):
+    """Where ours spends its time: thread scaling and a perf profile."""
+    for name, make in contenders:
+        if not name.startswith("ours"):
+            continue
+        for threads in ("1", "2"):
+            key = "8G %s threads=%s" % (name, threads)
+            out = work / "profile.qcow2"
+            try:
+                r = timed(make(dev, out) + ["--threads", threads], out, work / "profile.log")
+            except Exception as exc:
+                failures.append("%s: %s" % (key, exc))
+                continue
+            finally:
+                out.unlink(missing_ok=True)
+            results[key] = {"runs": [r], "validation": "not validated (profile run)"}
+            print("bench: %-28s %7.2f s wall, %7.2f s user, %7.2f s sys" % (key, r["wall_s"], r["user_s"], r["sys_s"]),
+                  flush=True)
+    if not shutil.which("perf"):
+        print("bench: perf is not installed: no profile (apt-get install linux-perf)")
+        return
+    name, make = contenders[0]
+    out, data = work / "profile.qcow2", work / "perf.data"
+    # cpu-clock sampling works in VMs without hardware counters.
+    rec = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-g", "-o", str(data), "--"]
+                         + make(dev, out), capture_output=True, text=True)
+    out.unlink(missing_ok=True)
+    if rec.returncode != 0:
+        print("bench: perf record failed (%d): %s" % (rec.returncode, rec.stderr.strip()[-500:]))
+        return
+    for sort in ("comm,dso", "sym"):
+        rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
+                              "--percent-limit", "1.5", "--sort", sort], capture_output=True, text=True)
+        lines = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")]
+        print("bench: perf profile of 8G %s by %s (share of cpu-clock samples):" % (name, sort))
+        for line in lines[:25]:
+            print("    " + line.rstrip())
 
 
 def stats(entry, field):
@@ -387,16 +430,16 @@ def cpu_median(entry):
 
 def print_summary(results):
     print()
-    print("%-16s %4s %22s %9s %9s %10s %10s  %s" % (
+    print("%-28s %4s %22s %9s %9s %10s %10s  %s" % (
         "contender", "runs", "wall s median (min-max)", "cpu s", "rss MiB", "out MiB", "read MiB", "validation"))
     for key, e in results.items():
         if not e["runs"]:
-            print("%-16s %4d %22s" % (key, 0, "no successful run"))
+            print("%-28s %4d %22s" % (key, 0, "no successful run"))
             continue
         walls = stats(e, "wall_s")
         cpu = [r["user_s"] + r["sys_s"] for r in e["runs"]]
         read = [r["report"]["bytes_read"] / MIB for r in e["runs"] if "report" in r and "bytes_read" in r["report"]]
-        print("%-16s %4d %22s %9.2f %9.1f %10.1f %10s  %s" % (
+        print("%-28s %4d %22s %9.2f %9.1f %10.1f %10s  %s" % (
             key, len(walls), "%.2f (%.2f-%.2f)" % (median(walls), min(walls), max(walls)),
             median(cpu), max(stats(e, "rss_mib")), median(stats(e, "size")) / MIB,
             "%.1f" % median(read) if read else "-", e["validation"] or "-"))
@@ -416,7 +459,7 @@ def print_targets(results):
             print("ratio %-44s not measured" % name)
             return
         ok = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
-        print("ratio %-44s %8.2f  (target %s %g)%s" % (name, value, op, bound, "" if ok else "  <- missed"))
+        print("ratio %-44s %8.3f  (target %s %g)%s" % (name, value, op, bound, "" if ok else "  <- missed"))
         if not ok:
             missed.append("%s = %.2f, target %s %g" % (name, value, op, bound))
 
