@@ -140,7 +140,7 @@ mod _engine {
         // through the interpreter.
         let outcome = py.detach(|| {
             catch_unwind(AssertUnwindSafe(|| {
-                crate::engine_capture(&source, &target, &options, &reporter)
+                snapshot_core::capture(&source, &target, &options, &reporter)
             }))
         });
         // An exception raised by the progress callback cancelled the capture:
@@ -160,17 +160,4 @@ mod _engine {
             Err(payload) => Err(panic_error(py, &crate::errors::panic_message(&payload))),
         }
     }
-}
-
-/// Until the engine's `capture` lands in snapshot-core, keeps this crate
-/// building; replaced by a direct call to `snapshot_core::capture` then.
-fn engine_capture(
-    _source: &std::path::Path,
-    _target: &snapshot_core::Target,
-    _options: &snapshot_core::CaptureOptions,
-    _progress: &dyn snapshot_core::Progress,
-) -> snapshot_core::Result<snapshot_core::Report> {
-    Err(snapshot_core::Error::Internal(
-        "The capture engine is not built into this extension yet".into(),
-    ))
 }
