@@ -253,7 +253,7 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
         Some(terminal) => terminal,
         None => &NoProgress,
     };
-    let result = engine_capture(&args.source, &target, &options, progress);
+    let result = snapshot_core::capture(&args.source, &target, &options, progress);
     if let Some(terminal) = &terminal {
         terminal.clear();
     }
@@ -279,19 +279,6 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
         print_summary(&report);
     }
     Ok(())
-}
-
-/// Until the engine's `capture` lands in snapshot-core, keeps this crate
-/// building; replaced by a direct call to `snapshot_core::capture` then.
-fn engine_capture(
-    _source: &std::path::Path,
-    _target: &Target,
-    _options: &CaptureOptions,
-    _progress: &dyn Progress,
-) -> Result<Report, Error> {
-    Err(Error::Internal(
-        "The capture engine is not built into this binary yet".into(),
-    ))
 }
 
 /// One human line on standard error when no JSON was asked for.
