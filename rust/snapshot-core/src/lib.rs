@@ -17,12 +17,15 @@ pub mod error;
 pub mod fs;
 pub mod keystone;
 pub mod options;
+mod pipeline;
 pub mod progress;
+pub mod qcow2;
 pub mod report;
 pub mod sink;
 pub mod size;
+pub mod source;
 
-pub use capture::capture;
+pub use capture::{capture, capture_into};
 pub use error::{Error, Result};
 pub use options::{CaptureOptions, Compression, Format, Target};
 pub use progress::{NoProgress, Progress, ProgressUpdate};
