@@ -1,0 +1,295 @@
+"""``openstack baremetal node snapshot`` end to end on a Keystone-authenticated cloud.
+
+The command runs as a real user of a real project against real Keystone,
+Glance and Ironic (both behind keystonemiddleware), and a real
+ironic-python-agent with this package captures a loop device. The image is
+judged by ``qemu-img``; the upload credential is attacked while the step runs
+(it is read from the node, as anyone allowed to read the node could) and
+after the snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import openstack
+import pytest
+
+from tests.functional.helpers import Disk, run
+
+from .conftest import PASSWORD, Cloud, agent_on_demand
+
+
+def _json(result: subprocess.CompletedProcess) -> dict[str, Any]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+    return json.loads(result.stdout)
+
+
+def _alice_credentials(cloud: Cloud) -> list[dict[str, Any]]:
+    return cloud.keystone.application_credentials(cloud.alice)
+
+
+def _node_settled(cloud: Cloud, node: str) -> dict[str, Any]:
+    record = cloud.ironic.node(node)
+    assert record["provision_state"] == "active", record
+    assert not record["target_provision_state"], record
+    return record
+
+
+def _ensure_power_on(cloud: Cloud, node: str) -> None:
+    if cloud.ironic.node(node)["power_state"] != "power on":
+        cloud.ironic.cli("node", "power", "on", node)
+
+
+def test_member_snapshots_node_end_to_end(cloud: Cloud, node: str, disk: Disk,
+                                          tmp_path: Path) -> None:
+    sha_before = disk.sha256()
+    _ensure_power_on(cloud, node)
+    seen: dict[str, Any] = {}
+    # Another image of the same project, which the credential must not touch.
+    status, raw = cloud.glance.request("POST", "/v2/images", {
+        "name": "not-yours", "disk_format": "raw", "container_format": "bare"},
+        token=cloud.token("alice"))
+    assert status == 201, raw
+    other_image = json.loads(raw)
+
+    def attack(record: dict[str, Any]) -> None:
+        """Uses the credential handed to the step, as a reader of the node could."""
+        token = record["service_step"]["args"]["auth_token"]
+        seen["token"] = token
+        image_id = record["service_step"]["args"]["image_id"]
+        glance = cloud.glance
+        seen["list"] = glance.request("GET", "/v2/images", token=token)[0]
+        seen["other_get"] = glance.request("GET", f"/v2/images/{other_image['id']}",
+                                           token=token)[0]
+        seen["other_patch"] = glance.request(
+            "PATCH", f"/v2/images/{other_image['id']}",
+            [{"op": "add", "path": "/stolen", "value": "yes"}], token=token,
+            content_type="application/openstack-images-v2.1-json-patch")[0]
+        seen["own_delete"] = glance.request("DELETE", f"/v2/images/{image_id}", token=token)[0]
+        seen["own_get"] = glance.request("GET", f"/v2/images/{image_id}", token=token)[0]
+        seen["ironic_nodes"] = _ironic_status(cloud, "/v1/nodes", token)
+        status, _, _ = cloud.keystone.request(
+            "POST", f"/v3/users/{cloud.alice}/application_credentials",
+            {"application_credential": {"name": "escalate"}}, token=token)
+        seen["new_credential"] = status
+
+    with agent_on_demand(cloud.ironic, node, tmp_path / "ipa", on_service=attack) as watch:
+        started = time.monotonic()
+        result = cloud.cli("alice", "baremetal", "node", "snapshot", node, "--name", "exp-42",
+                           "--property", "experiment=42", "--shutdown-timeout", "60",
+                           "--timeout", "600", "-f", "json")
+        elapsed = time.monotonic() - started
+    assert result.returncode == 0, (f"exit {result.returncode}\n{result.stderr[-4000:]}\n"
+                                    f"states {watch.states}\n{watch.agent_log()[-4000:]}")
+    out = json.loads(result.stdout)
+    assert out["status"] == "active"
+    assert out["node_id"] == node
+    assert "service wait" in watch.states and watch.states[-1] == "active", watch.states
+
+    # The image: the caller's project, active, Glance's digests equal to the
+    # report and to the bytes, and qemu-img accepts it and finds the disk in it.
+    image = cloud.glance.get_image(out["image_id"])
+    assert image["owner"] == cloud.demo_project
+    assert image["status"] == "active"
+    assert image["experiment"] == "42"
+    data = cloud.glance.download(out["image_id"])
+    assert image["os_hash_value"] == image["snapshot_sha512"] == hashlib.sha512(data).hexdigest()
+    assert image["checksum"] == image["snapshot_md5"] == out["md5"]
+    assert image["snapshot_sha256"] == out["sha256"] == hashlib.sha256(data).hexdigest()
+    assert out["size"] == image["size"] == len(data)
+    assert out["virtual_size"] == disk.image.stat().st_size
+    assert out["elapsed_seconds"] <= elapsed + 1
+    qcow2 = tmp_path / "snap.qcow2"
+    qcow2.write_bytes(data)
+    run("qemu-img", "check", "-q", str(qcow2))
+    compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2",
+                              str(disk.image), str(qcow2)], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert disk.sha256() == sha_before, "the disk changed"
+
+    # The OS was asked to shut down cleanly before servicing.
+    assert "soft power off" in cloud.ironic.log_path.read_text(errors="replace")
+
+    # While the step ran, the handed credential could read its own image and
+    # nothing else: no listing, no other image, no delete, no Ironic, no new
+    # credential.
+    assert seen, f"the step's arguments were never seen on the node: {watch.states}"
+    assert seen["own_get"] == 200, seen
+    assert seen["list"] == 401, seen
+    assert seen["other_get"] == 401, seen
+    assert seen["other_patch"] == 401, seen
+    assert seen["own_delete"] == 401, seen
+    assert seen["ironic_nodes"] == 401, seen
+    assert seen["new_credential"] == 403, seen
+    assert cloud.glance.get_image(other_image["id"]).get("stolen") is None
+
+    # After the snapshot the credential is gone and its token is dead.
+    assert _alice_credentials(cloud) == []
+    assert cloud.keystone.validate(seen["token"]) == 404
+    status, _ = cloud.glance.request("GET", f"/v2/images/{out['image_id']}", token=seen["token"])
+    assert status == 401
+    _node_settled(cloud, node)
+
+
+def _ironic_status(cloud: Cloud, path: str, token: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(cloud.ironic.endpoint + path, headers={
+        "X-Auth-Token": token, "X-OpenStack-Ironic-API-Version": "1.87"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_other_project_is_refused(cloud: Cloud, node: str) -> None:
+    _ensure_power_on(cloud, node)
+    images_before = {image["id"] for image in cloud.images()}
+    result = cloud.cli("bob", "baremetal", "node", "snapshot", node, "--name", "not-mine",
+                       "-f", "json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Node {node} not found" in result.stderr
+    assert "your project owns or leases it" in result.stderr
+    assert {image["id"] for image in cloud.images()} == images_before
+    assert cloud.keystone.application_credentials(cloud.bob) == []
+    record = _node_settled(cloud, node)
+    assert record["power_state"] == "power on"
+
+
+def test_checks_before_shutdown(cloud: Cloud, node: str) -> None:
+    """A node in maintenance is refused before anything changes."""
+    _ensure_power_on(cloud, node)
+    images_before = {image["id"] for image in cloud.images()}
+    cloud.ironic.cli("node", "maintenance", "set", node, "--reason", "disk swap")
+    try:
+        result = cloud.cli("alice", "baremetal", "node", "snapshot", node, "--name", "x")
+    finally:
+        cloud.ironic.cli("node", "maintenance", "unset", node)
+    assert result.returncode == 1
+    assert "is in maintenance (disk swap)" in result.stderr, result.stderr
+    bad_property = cloud.cli("alice", "baremetal", "node", "snapshot", node, "--name", "x",
+                             "--property", "snapshot_sha256=forged")
+    assert bad_property.returncode == 1
+    assert "Property snapshot_sha256 cannot be set" in bad_property.stderr
+    assert {image["id"] for image in cloud.images()} == images_before
+    assert _alice_credentials(cloud) == []
+    assert _node_settled(cloud, node)["power_state"] == "power on"
+
+
+def test_failing_step_leaves_nothing_behind(cloud: Cloud, node: str, disk: Disk,
+                                            tmp_path: Path) -> None:
+    _ensure_power_on(cloud, node)
+    sha_before = disk.sha256()
+    images_before = {image["id"] for image in cloud.images()}
+    with agent_on_demand(cloud.ironic, node, tmp_path / "ipa") as watch:
+        result = cloud.cli("alice", "baremetal", "node", "snapshot", node, "--name", "doomed",
+                           "--device", "/dev/ironic-snapshot-no-such-disk",
+                           "--shutdown-timeout", "60", "--timeout", "300")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Device /dev/ironic-snapshot-no-such-disk does not exist" in result.stderr, (
+        result.stderr)
+    assert "service failed" in watch.states, watch.states
+    assert {image["id"] for image in cloud.images()} == images_before
+    assert _alice_credentials(cloud) == []
+    record = _node_settled(cloud, node)
+    # The node is back where it was: active and powered on.
+    assert record["power_state"] == "power on"
+    assert disk.sha256() == sha_before
+
+
+def test_no_wait_then_show(cloud: Cloud, node: str, disk: Disk, tmp_path: Path) -> None:
+    _ensure_power_on(cloud, node)
+    with agent_on_demand(cloud.ironic, node, tmp_path / "ipa-ok"):
+        started = time.monotonic()
+        out = _json(cloud.cli("alice", "baremetal", "node", "snapshot", node, "--name",
+                              "later", "--no-wait", "--shutdown-timeout", "60", "-f", "json"))
+        returned_after = time.monotonic() - started
+        assert out["status"] == "running"
+        # It returned while the node still services (no agent ran the step yet).
+        assert cloud.ironic.node(node)["provision_state"].startswith("service")
+        assert len(_alice_credentials(cloud)) == 1
+        states = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            show = cloud.cli("alice", "baremetal", "snapshot", "show", out["image_id"],
+                             "-f", "json")
+            assert show.returncode == 0, show.stderr
+            shown = json.loads(show.stdout)
+            states.append(shown["state"])
+            if shown["state"] != "running":
+                break
+            time.sleep(2)
+    assert returned_after < 30, returned_after
+    assert states[0] == "running" and states[-1] == "succeeded", states
+    assert shown["md5"] == cloud.glance.get_image(out["image_id"])["checksum"]
+    # The finished snapshot's credential was deleted by the show.
+    assert _alice_credentials(cloud) == []
+
+    # A failing one: show reports the error and exits 1.
+    with agent_on_demand(cloud.ironic, node, tmp_path / "ipa-fail"):
+        out = _json(cloud.cli("alice", "baremetal", "node", "snapshot", node, "--name",
+                              "later-fails", "--no-wait", "--no-clean-shutdown",
+                              "--device", "/dev/ironic-snapshot-gone", "-f", "json"))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            show = cloud.cli("alice", "baremetal", "snapshot", "show", out["image_id"],
+                             "-f", "json")
+            shown = json.loads(show.stdout)
+            if shown["state"] != "running":
+                break
+            time.sleep(2)
+    assert shown["state"] == "failed", shown
+    assert show.returncode == 1
+    assert "Device /dev/ironic-snapshot-gone does not exist" in shown["last_error"]
+    assert _alice_credentials(cloud) == []
+    cloud.ironic.cli("node", "abort", node)
+    cloud.ironic.wait_for_state(node, "active", timeout=120)
+
+
+def test_python_api(cloud: Cloud, node: str, tmp_path: Path) -> None:
+    """The library under the command, as an operator's script uses it."""
+    from ironic_snapshot.client import Progress, SnapshotResult, snapshot_node
+
+    _ensure_power_on(cloud, node)
+    conn = openstack.connect(auth_url=cloud.keystone.auth_url, username="alice",
+                             password=PASSWORD, project_name="demo",
+                             user_domain_id="default", project_domain_id="default",
+                             region_name="RegionOne")
+    seen: list[Progress] = []
+    with agent_on_demand(cloud.ironic, node, tmp_path / "ipa"):
+        result = snapshot_node(conn, node, name="scripted", disk_format="raw",
+                               shutdown_timeout=60, timeout=600, progress=seen.append,
+                               poll_interval=1)
+    assert isinstance(result, SnapshotResult)
+    assert result.status == "active" and result.disk_format == "raw"
+    image = cloud.glance.get_image(result.image_id)
+    assert image["disk_format"] == "raw"
+    assert result.size == image["size"] == result.virtual_size
+    assert {p.phase for p in seen} >= {"shutdown", "service", "verify"}
+    assert any(p.provision_state == "service wait" for p in seen)
+    assert _alice_credentials(cloud) == []
+
+
+@pytest.mark.parametrize("cli", ["openstack", "baremetal"])
+def test_commands_registered(cli: str) -> None:
+    """Both clients list the commands (python-ironicclient's group, no clash)."""
+    import sys
+
+    prefix = ["baremetal"] if cli == "openstack" else []
+    binary = str(Path(sys.executable).parent / cli)
+    for words in (["node", "snapshot"], ["snapshot", "show"]):
+        result = subprocess.run([binary, "help", *prefix, *words], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "usage:" in result.stdout
+    listed = subprocess.run([binary, "help", *prefix, "node", "snapshot"], capture_output=True,
+                            text=True, timeout=120).stdout
+    assert "--no-wait" in listed and "--server" in listed
