@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import random
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,9 +33,15 @@ def _engine_required() -> None:
 
 
 @pytest.fixture
-def disk_image(tmp_path: Path) -> Path:
-    """A 64 MiB sparse disk image: random, text and zero regions, and holes."""
-    path = tmp_path / "disk.img"
+def disk_image() -> Iterator[Path]:
+    """A 64 MiB sparse disk image: random, text and zero regions, and holes.
+
+    It lives in /dev/shm, another filesystem than the tests' outputs under
+    tmp_path: the engine refuses to write an image onto the filesystem that
+    holds the disk it reads.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="ironic-snapshot-py-", dir="/dev/shm"))
+    path = folder / "disk.img"
     rng = random.Random(7)
     with open(path, "wb") as handle:
         handle.truncate(64 * MIB)
@@ -44,4 +53,7 @@ def disk_image(tmp_path: Path) -> Path:
         handle.write(b"\0" * (4 * MIB))
         handle.seek(63 * MIB)
         handle.write(rng.randbytes(MIB))
-    return path
+    try:
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

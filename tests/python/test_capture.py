@@ -131,8 +131,11 @@ def test_gil_released_during_capture(disk_image: Path, tmp_path: Path) -> None:
         time.sleep(0.001)
     worker.join()
     elapsed = time.monotonic() - started
-    # About one tick per millisecond when the GIL is free; a held GIL gives ~0.
-    assert ticks > elapsed * 1000 * 0.3, (ticks, elapsed)
+    # Rust code holding the GIL never yields it, so a held GIL would leave
+    # this loop a tick or two; a free one gives about one tick per
+    # millisecond (far fewer on a loaded machine, hence the low bar).
+    assert elapsed > 0.2, f"the capture was too short to tell ({elapsed:.3f} s)"
+    assert ticks >= 20, (ticks, elapsed)
 
 
 def test_engine_logs_reach_python_logging(disk_image: Path, tmp_path: Path,
