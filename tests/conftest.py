@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -126,18 +127,34 @@ def _fill(root: Path, seed: int, random_bytes: int) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def make_disk(tmp_path: Path) -> Callable[..., BuiltDisk]:
+def source_dir() -> Iterator[Path]:
+    """A folder for source disk images on another filesystem than ``tmp_path``.
+
+    The engine refuses to write an image onto the filesystem holding the
+    disk it captures, so sources live in tmpfs (``/dev/shm``) and outputs in
+    ``tmp_path``.
+    """
+    path = Path(tempfile.mkdtemp(prefix="ironic-snapshot-src-", dir="/dev/shm"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_disk(tmp_path: Path, source_dir: Path) -> Callable[..., BuiltDisk]:
     """Builder of GPT disk images: ``make_disk(size_mib=128, random_mib=4, name="disk.img")``.
 
     Two partitions (GPT via sfdisk), each ``mkfs.ext4`` on its own loop device
     and filled through a real mount with text, compressible and random files;
-    then everything is unmounted and detached. Needs root.
+    then everything is unmounted and detached. The image lives in
+    ``source_dir`` (tmpfs), away from ``tmp_path`` where outputs go. Needs root.
     """
     if os.geteuid() != 0:
         pytest.skip("needs root: builds filesystems on loop devices and mounts them")
 
     def build(size_mib: int = 128, random_mib: int = 4, name: str = "disk.img") -> BuiltDisk:
-        path = tmp_path / name
+        path = source_dir / name
         with open(path, "wb") as f:
             f.truncate(size_mib << 20)
         half = (size_mib - 2) // 2
