@@ -1,25 +1,13 @@
-"""Fixtures of the filesystem-aware capture tests: the CLI built from this
-checkout, a per-session random marker for stale data, root checks."""
+"""Fixtures of the filesystem-aware capture tests: a per-session random
+marker for stale data, and the root check (the CLI comes from the shared
+``cli_binary`` fixture in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def cli() -> Path:
-    """The ``ironic-snapshot`` debug binary, built once per session."""
-    subprocess.run(["cargo", "build", "--locked", "-q", "-p", "snapshot-cli"], cwd=REPO, check=True)
-    binary = REPO / "target/debug/ironic-snapshot"
-    assert binary.is_file(), f"cargo built no {binary}"
-    return binary
 
 
 @pytest.fixture(scope="session")

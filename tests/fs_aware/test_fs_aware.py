@@ -28,10 +28,13 @@ from . import disks
 from .disks import MIB, Disk
 
 
-def capture(cli: Path, source: Path, out: Path, *extra: str) -> dict:
-    proc = subprocess.run(
-        [cli, "capture", source, "-o", out, "--json", *extra], capture_output=True, text=True, check=False
-    )
+def capture(cli: Path, disk: Path, out: Path, *extra: str) -> dict:
+    """Captures ``disk`` as IPA would: a block device (a read-only loop device
+    over the whole disk file), opened read-only by the CLI."""
+    with disks.loop(disk, 0, disk.stat().st_size, read_only=True) as device:
+        proc = subprocess.run(
+            [cli, "capture", device, "-o", out, "--json", *extra], capture_output=True, text=True, check=False
+        )
     assert proc.returncode == 0, f"capture failed ({proc.returncode}): {proc.stderr}"
     return json.loads(proc.stdout)
 
@@ -95,7 +98,7 @@ def check_restored(disk: Disk, raw: Path, report: dict, marker: bytes, work: Pat
 @pytest.mark.parametrize(
     ("table", "fs"), [("gpt", "ext4"), ("mbr", "xfs"), ("gpt", "xfs"), ("mbr", "ext4")]
 )
-def test_capture_skips_free_space(cli: Path, marker: bytes, tmp_path: Path, table: str, fs: str) -> None:
+def test_capture_skips_free_space(cli_binary: Path, marker: bytes, tmp_path: Path, table: str, fs: str) -> None:
     disk = disks.build_disk(tmp_path / "disk.img", table, fs, marker)
     # The test means something only if the source holds stale data in free
     # blocks of the filesystem and in the swap area.
@@ -106,7 +109,7 @@ def test_capture_skips_free_space(cli: Path, marker: bytes, tmp_path: Path, tabl
     before = disks.sha256(disk.path)
 
     image = tmp_path / "disk.qcow2"
-    report = capture(cli, disk.path, image)
+    report = capture(cli_binary, disk.path, image)
     assert disks.sha256(disk.path) == before, "the source changed"
     assert report["virtual_size"] == disk.size
     # Most of the disk is free: far less is read than its size.
@@ -167,7 +170,7 @@ def spoil_superblock(device: str) -> None:
     ],
 )
 def test_untrustworthy_ext4_is_copied_whole(
-    cli: Path, marker: bytes, ext4_disk: Disk, tmp_path: Path, spoil, reason: str
+    cli_binary: Path, marker: bytes, ext4_disk: Disk, tmp_path: Path, spoil, reason: str
 ) -> None:
     path = tmp_path / "disk.img"
     shutil.copyfile(ext4_disk.path, path)
@@ -177,7 +180,7 @@ def test_untrustworthy_ext4_is_copied_whole(
     disk = Disk(path, ext4_disk.size, "gpt", ext4_disk.parts)
     before = disks.sha256(path)
     image = tmp_path / "disk.qcow2"
-    report = capture(cli, path, image)
+    report = capture(cli_binary, path, image)
     assert disks.sha256(path) == before
     entry = reported(report, part.number)
     assert entry["handling"] == "whole", entry
@@ -190,8 +193,8 @@ def test_untrustworthy_ext4_is_copied_whole(
     assert disks.find_marker(raw, marker, part.start, part.start + part.size) is not None
 
 
-def test_no_skip_free_space_reads_everything(cli: Path, ext4_disk: Disk, tmp_path: Path) -> None:
+def test_no_skip_free_space_reads_everything(cli_binary: Path, ext4_disk: Disk, tmp_path: Path) -> None:
     image = tmp_path / "disk.qcow2"
-    capture(cli, ext4_disk.path, image, "--no-skip-free-space")
+    capture(cli_binary, ext4_disk.path, image, "--no-skip-free-space")
     disks.run("qemu-img", "check", "-q", image)
     disks.run("qemu-img", "compare", "-q", ext4_disk.path, image)
