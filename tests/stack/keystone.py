@@ -206,7 +206,7 @@ class KeystoneServer:
             self.role_id("service")
         except IndexError:
             self.api("POST", "/v3/roles", {"role": {"name": "service"}})
-        password = secrets.token_urlsafe(16)
+        password = secrets.token_hex(16)
         user = self.create_user(name, password, project=service_project, role="admin")
         self.api("PUT", f"/v3/projects/{service_project}/users/{user}/roles/"
                         f"{self.role_id('service')}")
@@ -325,12 +325,12 @@ def start_keystone(workdir: Path, *, port: int | None = None, workers: int = 2,
     _write_conf(conf, sections)
 
     manage = [str(_venv_bin() / "keystone-manage"), "--config-file", str(conf)]
-    password = secrets.token_urlsafe(16)
+    password = secrets.token_hex(16)
     for args in (["db_sync"],
                  ["fernet_setup", "--keystone-user", "root", "--keystone-group", "root"],
                  ["receipt_setup", "--keystone-user", "root", "--keystone-group", "root"],
                  ["credential_setup", "--keystone-user", "root", "--keystone-group", "root"],
-                 ["bootstrap", "--bootstrap-password", password,
+                 ["bootstrap", f"--bootstrap-password={password}",
                   "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
                   "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
                   "--bootstrap-region-id", REGION, "--bootstrap-admin-url", endpoint,
