@@ -223,7 +223,7 @@ fn run(
             // A file whose final sync fails removes itself.
             sink.finish()?;
             let report = Report {
-                virtual_size: disk.size(),
+                virtual_size: outcome.virtual_size,
                 image_size: outcome.image_size,
                 bytes_read: job.bytes_read.load(Ordering::Relaxed),
                 sha256: outcome.digests.sha256.clone(),
@@ -263,6 +263,7 @@ fn run(
 
 /// What a finished write produced.
 struct Outcome {
+    virtual_size: u64,
     image_size: u64,
     digests: Digests,
     passes: u32,
@@ -434,6 +435,7 @@ impl Job<'_> {
         layout.emit_metadata(&mut out)?;
         out.flush()?;
         let image_size = out.written;
+        self.update(Phase::Writing, self.disk.size(), image_size);
         drop(out);
         debug_assert_eq!(image_size, layout.image_size());
         sink.write_at(0, &layout.header())?;
@@ -441,6 +443,7 @@ impl Job<'_> {
         tracing::debug!(image_size, "Image written; reading it back for its digests");
         let digests = self.digest_back(sink, image_size)?;
         Ok(Outcome {
+            virtual_size: layout.virtual_size(),
             image_size,
             digests,
             passes: 1,
@@ -554,9 +557,11 @@ impl Job<'_> {
         layout.emit_metadata(&mut out)?;
         out.flush()?;
         let image_size = out.written;
+        self.update(Phase::Writing, self.disk.size(), image_size);
         debug_assert_eq!(image_size, layout.image_size());
         let digests = out.finish_digests()?;
         Ok(Outcome {
+            virtual_size: layout.virtual_size(),
             image_size,
             digests,
             passes,
@@ -610,6 +615,7 @@ impl Job<'_> {
             .unwrap_or_default();
         self.count_unread(&mut counts);
         Ok(Outcome {
+            virtual_size: size,
             image_size: size,
             digests,
             passes: 1,
@@ -728,6 +734,21 @@ impl<'a> Emitter<'a> {
         }
     }
 
+    /// Gives up spooling as soon as the spool would exceed its limit, so
+    /// that memory never holds more than the limit plus one chunk.
+    fn check_spool(&mut self) {
+        if let Dest::Spool { limit, .. } = self.dest {
+            if self.spooled + self.chunk.len() as u64 > limit {
+                tracing::debug!(
+                    limit,
+                    "Spool full: the image will be emitted in a second pass"
+                );
+                self.dest = Dest::Count;
+                self.chunk.clear();
+            }
+        }
+    }
+
     fn zero_piece(&mut self) -> Arc<Vec<u8>> {
         self.zeros
             .get_or_insert_with(|| Arc::new(vec![0u8; CHUNK]))
@@ -746,6 +767,7 @@ impl Emit for Emitter<'_> {
                 self.flush()?;
             }
         }
+        self.check_spool();
         Ok(())
     }
 
@@ -800,6 +822,7 @@ impl Emit for Emitter<'_> {
                         self.flush()?;
                     }
                 }
+                self.check_spool();
                 Ok(())
             }
         }

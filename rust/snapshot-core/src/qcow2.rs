@@ -139,16 +139,24 @@ pub struct Layout {
 impl Layout {
     /// Starts a layout for a guest of `virtual_size` bytes with clusters of
     /// `cluster_size` bytes (a power of two, checked by the caller).
+    ///
+    /// The virtual size is rounded up to whole 512-byte sectors: qemu counts
+    /// a qcow2 disk in sectors and would drop a partial last one.
     pub fn new(cluster_size: u32, virtual_size: u64, compression: Compression) -> Layout {
         debug_assert!(cluster_size.is_power_of_two());
         Layout {
             cluster_bits: cluster_size.trailing_zeros(),
-            virtual_size,
+            virtual_size: virtual_size.next_multiple_of(512),
             compression,
             cursor: u64::from(cluster_size),
             l2: BTreeMap::new(),
             data_refs: Vec::new(),
         }
+    }
+
+    /// Size of the guest disk in bytes, as the header records it.
+    pub fn virtual_size(&self) -> u64 {
+        self.virtual_size
     }
 
     /// Cluster size in bytes.
@@ -237,9 +245,9 @@ impl Layout {
         let meta_start = self.cursor.next_multiple_of(cs);
         let guest_clusters = self.virtual_size.div_ceil(cs);
         let l1_entries = guest_clusters.div_ceil(self.l2_entries());
-        // qemu allocates at least one cluster for the L1 table even when it
-        // is empty; so do we, so that the header never points at nothing.
-        let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
+        // An empty disk has an empty L1 table: no cluster (qemu-img check
+        // would count an unreferenced one as leaked).
+        let l1_clusters = (l1_entries * 8).div_ceil(cs);
         let l2_tables = self.l2.len() as u64;
         let fixed = (meta_start >> cb) + l2_tables + l1_clusters;
         let (blocks, table_clusters) = refcount_sizing(cb, fixed);
@@ -607,10 +615,11 @@ mod tests {
     fn header_fields() {
         let layout = Layout::new(CS, 12345, Compression::Zstd);
         let h = layout.header();
+        // Rounded up to whole sectors.
+        assert_eq!(be64(&h, 24), 12800);
         assert_eq!(&h[0..4], b"QFI\xfb");
         assert_eq!(be32(&h, 4), 3);
         assert_eq!(be32(&h, 20), 16);
-        assert_eq!(be64(&h, 24), 12345);
         assert_eq!(be64(&h, 72), INCOMPAT_COMPRESSION_TYPE);
         assert_eq!(be32(&h, 96), 4);
         assert_eq!(be32(&h, 100), HEADER_LENGTH);
