@@ -149,18 +149,22 @@ class _ProgressLog:
         self.device = device
         self._phase: str | None = None
         self._phase_start = time.monotonic()
+        self._phase_done = 0
         self._lock = threading.Lock()
 
     def __call__(self, update: dict[str, Any]) -> None:
         with self._lock:
             now = time.monotonic()
+            done, total = update["done"], update["total"]
             if update["phase"] != self._phase:
+                # The rate of a phase counts from its first update: a phase
+                # may start with work already done (such as skipped zeros).
                 self._phase = update["phase"]
                 self._phase_start = now
-            done, total = update["done"], update["total"]
+                self._phase_done = done
             elapsed = now - self._phase_start
             percent = 100.0 * done / total if total else 100.0
-            rate = done / elapsed if elapsed > 0 else 0.0
+            rate = (done - self._phase_done) / elapsed if elapsed > 0 else 0.0
             eta = (total - done) / rate if rate > 0 else None
             LOG.info(
                 "Snapshot of %(device)s: %(phase)s %(percent).1f%% "

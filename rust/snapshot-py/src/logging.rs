@@ -94,11 +94,23 @@ impl<S: Subscriber> Layer<S> for PythonLayer {
         let mut message = Message::default();
         event.record(&mut message);
         let text = message.text + &message.fields;
+        let meta = event.metadata();
+        let file = meta.file().unwrap_or("<engine>");
+        let line = meta.line().unwrap_or(0);
+        let target = meta.target();
         Python::attach(|py| {
+            // A record built by hand names the Rust file, line and module
+            // that logged, instead of the Python frame that happens to run.
             let logged = py
                 .import("logging")
                 .and_then(|logging| logging.call_method1("getLogger", (LOGGER,)))
-                .and_then(|logger| logger.call_method1("log", (level, text)));
+                .and_then(|logger| {
+                    let record = logger.call_method1(
+                        "makeRecord",
+                        (LOGGER, level, file, line, text, (), py.None(), target),
+                    )?;
+                    logger.call_method1("handle", (record,))
+                });
             // A failing handler must not break the capture; Python's own
             // logging prints handler errors itself.
             if let Err(err) = logged {
