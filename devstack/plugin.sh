@@ -29,8 +29,8 @@ function ironic_snapshot_glance_endpoint {
     echo "${IRONIC_SNAPSHOT_GLANCE_ENDPOINT:-${GLANCE_URL:-}}"
 }
 
-# Prints a Python that has PyYAML: DevStack's global virtualenv (the
-# OpenStack client's), else $PYTHON.
+# Prints a Python that has PyYAML and openstacksdk: DevStack's global
+# virtualenv (the OpenStack client's), else $PYTHON.
 function ironic_snapshot_python {
     if [[ -n ${DEVSTACK_VENV:-} && -x $DEVSTACK_VENV/bin/python3 ]]; then
         echo "$DEVSTACK_VENV/bin/python3"
@@ -216,12 +216,9 @@ function configure_ironic_snapshot_runbook {
         die $LINENO "No Glance endpoint for the runbook: enable glance or set IRONIC_SNAPSHOT_GLANCE_ENDPOINT"
     fi
     # A Glance image is filled once: reuse a queued one, else make one.
-    image_id=$(ironic_snapshot_os image list --name "$IRONIC_SNAPSHOT_IMAGE_NAME" \
-        --status queued -f value -c ID | head -n 1)
-    if [[ -z $image_id ]]; then
-        image_id=$(ironic_snapshot_os image create --disk-format qcow2 \
-            --container-format bare --private -f value -c id "$IRONIC_SNAPSHOT_IMAGE_NAME")
-    fi
+    image_id=$("$(ironic_snapshot_python)" "$IRONIC_SNAPSHOT_DIR/devstack/tools/queued-image" \
+        --os-cloud "$IRONIC_SNAPSHOT_OS_CLOUD" --name "$IRONIC_SNAPSHOT_IMAGE_NAME") ||
+        die $LINENO "Could not find or create the queued Glance image $IRONIC_SNAPSHOT_IMAGE_NAME; see the error above"
     die_if_not_set $LINENO image_id "Could not create the Glance image $IRONIC_SNAPSHOT_IMAGE_NAME for the runbook"
     # Read by ironic_snapshot_render_runbook (through compgen), for the file.
     # shellcheck disable=SC2034

@@ -5,7 +5,9 @@ functions the plugin calls from DevStack (``is_service_enabled``,
 ``pip_install``, ``iniset``, ``die`` ...) are defined in the driver script and
 record each call, and the external commands the plugin runs (``openstack``,
 ``maturin``, ``cargo``, ``disk-image-create``) are recording programs on PATH.
-The real ``ironic-python-agent-builder`` runs: it finds the
+The Glance image the runbook fills is made by the plugin's
+``devstack/tools/queued-image`` (openstacksdk) in a real Glance: see
+:func:`glance_cloud`. The real ``ironic-python-agent-builder`` runs: it finds the
 ironic-python-agent-ramdisk element and calls the stand-in
 ``disk-image-create``, which resolves the requested elements with
 diskimage-builder's real dependency resolver before it writes the kernel and
@@ -16,15 +18,19 @@ Every call lands as one JSON object per line in ``calls.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.stack.glance import GlanceServer, start_glance
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "devstack" / "plugin.sh"
@@ -34,8 +40,6 @@ VENV_BIN = Path(sys.executable).parent
 
 #: Node UUIDs the stand-in ``openstack baremetal node list`` prints.
 NODES = ["1be26c0b-03f2-4d2d-ae87-c02d7f33c781", "4f5e0a8c-9b1e-4c53-8a61-2f1d3b0c6e94"]
-#: Id of the Glance image the stand-in ``openstack image create`` makes.
-IMAGE_ID = "0d4c2b7e-5f3a-4e61-9d8c-7a1b2c3d4e5f"
 #: File name of the wheel the stand-in maturin writes.
 WHEEL_NAME = "ironic_snapshot-0.1.0-cp311-abi3-manylinux_2_28_x86_64.whl"
 
@@ -92,11 +96,7 @@ elif name == "openstack":
     if "runbook" in words and "show" in words:
         # No runbook yet unless the test says there is one.
         sys.exit(0 if os.environ.get("HARNESS_RUNBOOK_EXISTS") else 1)
-    if "image" in words and "list" in words:
-        print(os.environ.get("HARNESS_QUEUED_IMAGE", ""))
-    elif "image" in words and "create" in words:
-        print(os.environ["HARNESS_IMAGE_ID"])
-    elif "node" in words and "list" in words:
+    if "node" in words and "list" in words:
         print("\n".join(os.environ["HARNESS_NODES"].split()))
 '''
 
@@ -229,7 +229,6 @@ class Harness:
             "HARNESS_PHASES": " ".join(phases),
             "HARNESS_SERVICES": " ".join(self.services),
             "HARNESS_WHEEL_NAME": WHEEL_NAME,
-            "HARNESS_IMAGE_ID": IMAGE_ID,
             "HARNESS_NODES": " ".join(NODES),
             # DevStack's own variables the plugin reads.
             "DEST": str(self.dest),
@@ -254,3 +253,20 @@ class Harness:
         )
         calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         return Result(proc.returncode, proc.stdout, proc.stderr, calls, self.root)
+
+
+@contextlib.contextmanager
+def glance_cloud(workdir: Path) -> Iterator[tuple[GlanceServer, Path]]:
+    """A real Glance and a ``clouds.yaml`` whose ``devstack-admin`` cloud reaches it."""
+    with start_glance(workdir / "glance") as glance:
+        clouds = workdir / "clouds.yaml"
+        clouds.write_text(
+            "clouds:\n"
+            "  devstack-admin:\n"
+            "    auth_type: none\n"
+            "    auth:\n"
+            # Never asked: the baremetal commands go to the stand-in.
+            "      endpoint: http://127.0.0.1:9\n"
+            f"    image_endpoint_override: {glance.endpoint}\n"
+        )
+        yield glance, clouds

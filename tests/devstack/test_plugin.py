@@ -12,21 +12,32 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ELEMENTS, IMAGE_ID, NODES, REPO, WHEEL_NAME, Harness
+from tests.stack.glance import GlanceServer
+
+from .harness import ELEMENTS, NODES, REPO, WHEEL_NAME, Harness
 
 ALL_STACK = ("stack:install", "stack:post-config", "stack:extra", "stack:test-config")
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Harness:
-    return Harness(tmp_path)
+def harness(tmp_path: Path, glance: tuple[GlanceServer, Path]) -> Harness:
+    return Harness(tmp_path, env={"OS_CLIENT_CONFIG_FILE": str(glance[1])})
+
+
+def queued_image(glance: tuple[GlanceServer, Path], image_id: str, name: str = "ironic-snapshot-runbook-target") -> None:
+    """The plugin's image exists in Glance, queued, private, qcow2."""
+    image = glance[0].get_image(image_id)
+    assert (image["status"], image["name"], image["visibility"]) == ("queued", name, "private")
+    assert (image["disk_format"], image["container_format"]) == ("qcow2", "bare")
 
 
 def wheel_dir(h: Harness) -> Path:
     return h.dest / "data" / "ironic-snapshot" / "wheels"
 
 
-def test_full_stack_builds_wheel_ramdisk_runbook_and_tempest_flags(harness: Harness) -> None:
+def test_full_stack_builds_wheel_ramdisk_runbook_and_tempest_flags(
+    harness: Harness, glance: tuple[GlanceServer, Path]
+) -> None:
     r = harness.run(*ALL_STACK)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -65,15 +76,11 @@ def test_full_stack_builds_wheel_ramdisk_runbook_and_tempest_flags(harness: Harn
     # The build folder is gone.
     assert not list(harness.dest.glob("ironic-snapshot-ramdisk.*"))
 
-    # extra: queued image, runbook with the step, traits.
+    # extra: queued image (in the real Glance), runbook with the step, traits.
     calls = r.openstack()
     assert all(c["args"][:2] == ["--os-cloud", "devstack-admin"] for c in r.of("openstack"))
-    assert calls[0][:3] == ["image", "list", "--name"]
-    assert calls[1][:2] == ["image", "create"]
-    assert calls[1][-1] == "ironic-snapshot-runbook-target"
-    assert {"--disk-format", "qcow2", "--container-format", "bare"} <= set(calls[1])
-    assert calls[2] == ["baremetal", "runbook", "show", "CUSTOM_SNAPSHOT_DISK"]
-    create = r.of("openstack")[3]
+    assert calls[0] == ["baremetal", "runbook", "show", "CUSTOM_SNAPSHOT_DISK"]
+    create = r.of("openstack")[1]
     assert create["args"][2:7] == ["baremetal", "runbook", "create", "--name", "CUSTOM_SNAPSHOT_DISK"]
     assert create["steps"] == [
         {
@@ -81,7 +88,7 @@ def test_full_stack_builds_wheel_ramdisk_runbook_and_tempest_flags(harness: Harn
             "step": "snapshot_disk",
             "order": 1,
             "args": {
-                "image_id": IMAGE_ID,
+                "image_id": create["steps"][0]["args"]["image_id"],
                 "glance_endpoint": "http://192.0.2.10/image",
                 "disk_format": "qcow2",
                 "compression": "zstd",
@@ -91,9 +98,10 @@ def test_full_stack_builds_wheel_ramdisk_runbook_and_tempest_flags(harness: Harn
     ]
     # The rendered steps file is not left behind.
     assert not Path(create["args"][-1]).exists()
-    assert calls[4] == ["baremetal", "runbook", "trait", "add", "CUSTOM_SNAPSHOT_DISK", "CUSTOM_SNAPSHOT_DISK"]
-    assert calls[5][:3] == ["baremetal", "node", "list"]
-    assert calls[6:] == [["baremetal", "node", "add", "trait", n, "CUSTOM_SNAPSHOT_DISK"] for n in NODES]
+    queued_image(glance, create["steps"][0]["args"]["image_id"])
+    assert calls[2] == ["baremetal", "runbook", "trait", "add", "CUSTOM_SNAPSHOT_DISK", "CUSTOM_SNAPSHOT_DISK"]
+    assert calls[3][:3] == ["baremetal", "node", "list"]
+    assert calls[4:] == [["baremetal", "node", "add", "trait", n, "CUSTOM_SNAPSHOT_DISK"] for n in NODES]
 
     # test-config: tempest learns about the feature.
     tempest = str(harness.dest / "tempest" / "etc" / "tempest.conf")
@@ -200,8 +208,8 @@ def test_subnode_builds_nothing_and_registers_nothing(harness: Harness) -> None:
     assert not r.of("disk-image-create") and not r.of("openstack")
 
 
-def test_runbook_options_and_reuse_of_a_queued_image(harness: Harness) -> None:
-    queued = "9a8b7c6d-0000-4000-8000-000000000001"
+def test_runbook_options_and_reuse_of_a_queued_image(harness: Harness, glance: tuple[GlanceServer, Path]) -> None:
+    queued = glance[0].create_image("reuse-me", visibility="private")["id"]
     r = harness.run(
         "stack:extra",
         IRONIC_SNAPSHOT_DEVICE="/dev/sdb",
@@ -209,12 +217,14 @@ def test_runbook_options_and_reuse_of_a_queued_image(harness: Harness) -> None:
         IRONIC_SNAPSHOT_MEMORY_LIMIT="",
         IRONIC_SNAPSHOT_RUNBOOK_NAME="CUSTOM_CAPTURE",
         IRONIC_SNAPSHOT_APPROVE_NODES="False",
-        HARNESS_QUEUED_IMAGE=queued,
+        IRONIC_SNAPSHOT_IMAGE_NAME="reuse-me",
         HARNESS_RUNBOOK_EXISTS="1",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     calls = r.openstack()
-    assert not any(c[:2] == ["image", "create"] for c in calls)
+    queued_image(glance, queued, name="reuse-me")
+    status, body = glance[0].request("GET", "/v2/images?name=reuse-me")
+    assert status == 200 and len(json.loads(body)["images"]) == 1
     # An existing runbook of that name is replaced.
     assert ["baremetal", "runbook", "delete", "CUSTOM_CAPTURE"] in calls
     (create,) = [c for c in r.of("openstack") if "steps" in c]
@@ -258,7 +268,8 @@ def test_runbook_placeholder_that_is_not_set_is_named(harness: Harness, tmp_path
     r = harness.run("stack:extra", IRONIC_SNAPSHOT_RUNBOOK_FILE=str(steps), IRONIC_SNAPSHOT_THREADS="4")
     assert r.returncode == 0, r.stderr[-3000:]
     (create,) = [c for c in r.of("openstack") if "steps" in c]
-    assert create["steps"][0]["args"] == {"image_id": IMAGE_ID, "threads": "4"}
+    args = create["steps"][0]["args"]
+    assert set(args) == {"image_id", "threads"} and args["threads"] == "4"
 
 
 def test_no_glance_endpoint_is_explained(harness: Harness) -> None:
@@ -324,3 +335,15 @@ def test_glance_url_set_after_the_settings_is_used(harness: Harness) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     (create,) = [c for c in r.of("openstack") if "steps" in c]
     assert create["steps"][0]["args"]["glance_endpoint"] == "http://198.51.100.7/image"
+
+
+def test_unreachable_glance_stops_the_stack_with_a_message(harness: Harness, tmp_path: Path) -> None:
+    clouds = tmp_path / "nowhere.yaml"
+    clouds.write_text(
+        "clouds:\n  devstack-admin:\n    auth_type: none\n    auth:\n      endpoint: http://127.0.0.1:9\n"
+        "    image_endpoint_override: http://127.0.0.1:9\n"
+    )
+    r = harness.run("stack:extra", OS_CLIENT_CONFIG_FILE=str(clouds))
+    assert r.returncode != 0
+    assert "Could not find or create the queued Glance image" in r.of("die")[0]["args"][0]
+    assert not any(c[:3] == ["baremetal", "runbook", "create"] for c in r.openstack())

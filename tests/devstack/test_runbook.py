@@ -16,7 +16,9 @@ import jsonschema
 import pytest
 import yaml
 
-from .harness import IMAGE_ID, REPO, Harness
+from tests.stack.glance import GlanceServer
+
+from .harness import REPO, Harness
 
 RUNBOOK_FILE = REPO / "devstack" / "files" / "snapshot-runbook.yaml"
 
@@ -36,8 +38,13 @@ def manager() -> Any:
     return hardware_manager
 
 
-def rendered(tmp_path: Path, **env: str) -> tuple[str, list[dict[str, Any]]]:
-    r = Harness(tmp_path / "h").run("stack:extra", **env)
+@pytest.fixture
+def clouds(glance: tuple[GlanceServer, Path]) -> Path:
+    return glance[1]
+
+
+def rendered(tmp_path: Path, clouds: Path, **env: str) -> tuple[str, list[dict[str, Any]]]:
+    r = Harness(tmp_path / "h", env={"OS_CLIENT_CONFIG_FILE": str(clouds)}).run("stack:extra", **env)
     assert r.returncode == 0, r.stderr[-3000:]
     (create,) = [c for c in r.of("openstack") if "steps" in c]
     args = create["args"]
@@ -45,11 +52,11 @@ def rendered(tmp_path: Path, **env: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("device", ["", "/dev/nvme0n1"])
-def test_rendered_runbook_passes_ironic_schemas(tmp_path: Path, device: str) -> None:
+def test_rendered_runbook_passes_ironic_schemas(tmp_path: Path, clouds: Path, device: str) -> None:
     # Imported here: Ironic's API modules are heavy and register options.
     from ironic.api.controllers.v1 import runbook as ironic_runbook
 
-    name, steps = rendered(tmp_path, IRONIC_SNAPSHOT_DEVICE=device)
+    name, steps = rendered(tmp_path, clouds, IRONIC_SNAPSHOT_DEVICE=device)
     body = {"name": name, "steps": steps}
     # Before API 1.112 the runbook name must be a valid trait.
     jsonschema.validate(body, ironic_runbook.RUNBOOK_SCHEMA)
@@ -57,8 +64,8 @@ def test_rendered_runbook_passes_ironic_schemas(tmp_path: Path, device: str) -> 
     assert name.startswith("CUSTOM_")
 
 
-def test_rendered_runbook_matches_the_step_the_agent_offers(tmp_path: Path, manager: Any) -> None:
-    _, steps = rendered(tmp_path, IRONIC_SNAPSHOT_DEVICE="/dev/sda")
+def test_rendered_runbook_matches_the_step_the_agent_offers(tmp_path: Path, clouds: Path, manager: Any) -> None:
+    _, steps = rendered(tmp_path, clouds, IRONIC_SNAPSHOT_DEVICE="/dev/sda")
     (offered,) = manager.SnapshotHardwareManager().get_service_steps({}, [])
     (step,) = steps
     assert (step["interface"], step["step"]) == (offered["interface"], offered["step"])
@@ -66,7 +73,7 @@ def test_rendered_runbook_matches_the_step_the_agent_offers(tmp_path: Path, mana
     assert set(step["args"]) <= set(argsinfo), set(step["args"]) - set(argsinfo)
     required = {k for k, v in argsinfo.items() if v.get("required")}
     assert required <= set(step["args"])
-    assert step["args"]["image_id"] == IMAGE_ID
+    assert len(step["args"]["image_id"]) == 36
     assert step["args"]["device"] == "/dev/sda"
 
 
