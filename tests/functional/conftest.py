@@ -34,10 +34,10 @@ def _requirements() -> None:
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
     """The test disk on a loop device, detached at the end of the module."""
     folder = tmp_path_factory.mktemp("disk")
-    image, offset, size = build_disk(folder)
+    image, offset, size, files = build_disk(folder)
     device = run("losetup", "--find", "--show", str(image)).strip()
     try:
-        yield Disk(image=image, device=device, part_offset=offset, part_size=size)
+        yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
     finally:
         subprocess.run(["losetup", "--detach", device], check=False)
 

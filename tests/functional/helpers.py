@@ -68,6 +68,8 @@ class Disk:
     device: str
     part_offset: int
     part_size: int
+    #: SHA-256 of every file written into the filesystem, by relative path.
+    files: dict[str, str]
 
     def attach_partition(self) -> str:
         """A new loop device over the ext4 partition (the caller detaches it)."""
@@ -79,11 +81,13 @@ class Disk:
         return sha256_file(self.device)
 
 
-def build_disk(folder: Path) -> tuple[Path, int, int]:
+def build_disk(folder: Path) -> tuple[Path, int, int, dict[str, str]]:
     """Writes a GPT disk image with an ext4 partition holding files.
 
-    :returns: the image path, the partition's offset and size in bytes.
+    :returns: the image path, the partition's offset and size in bytes, and
+        the SHA-256 of each file by path relative to the filesystem root.
     """
+    files: dict[str, str] = {}
     image = folder / "disk.img"
     with open(image, "wb") as handle:
         handle.truncate(DISK_SIZE)
@@ -108,13 +112,20 @@ def build_disk(folder: Path) -> tuple[Path, int, int]:
             with open(mnt / "data" / "random.bin", "wb") as handle:
                 for _ in range(RANDOM_BYTES // MIB):
                     handle.write(rng.randbytes(MIB))
+            # A deleted file leaves stale blocks that free-space skipping drops.
+            (mnt / "data" / "deleted.bin").write_bytes(rng.randbytes(8 * MIB))
+            os.sync()
+            (mnt / "data" / "deleted.bin").unlink()
+            for path in sorted(mnt.rglob("*")):
+                if path.is_file():
+                    files[str(path.relative_to(mnt))] = sha256_file(path)
             os.sync()
         finally:
             run("umount", str(mnt))
     finally:
         run("losetup", "--detach", loop)
         mnt.rmdir()
-    return image, offset, size
+    return image, offset, size, files
 
 
 @dataclass
