@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,25 @@ TOKEN = "gAAAAAB-h3-fake-token-" + uuid.uuid4().hex
 def our_log_lines(agent_log: str) -> list[str]:
     """Agent log lines written by this package's loggers."""
     return [line for line in agent_log.splitlines() if re.search(r" ironic_snapshot[.\w]* ", line)]
+
+
+def stamps(log: str, needle: str) -> list[float]:
+    """Times (seconds since the epoch) of the log lines containing ``needle``."""
+    found = []
+    for line in log.splitlines():
+        if needle in line:
+            try:
+                found.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp())
+            except ValueError:
+                continue
+    return found
+
+
+def stamp(log: str, needle: str) -> float:
+    """Time of the first log line containing ``needle``."""
+    found = stamps(log, needle)
+    assert found, f"no log line with {needle!r}"
+    return found[0]
 
 
 def assert_failed_cleanly(ironic: IronicServer, node: str, outcome, disk: Disk, sha_before: str,
@@ -202,6 +222,13 @@ def test_glance_killed_during_upload(ironic: IronicServer, node: str, disk: Disk
             "device": disk.device, "compression_level": 9, "threads": 1,
             "memory_limit": "8M"}, tmp_path / "ipa", during=kill_when_saving)
     assert seen == ["saving"], f"Glance was not killed during the upload: {seen}"
+    # The agent kept heartbeating while the engine worked (the GIL is free).
+    started = stamp(outcome.agent_log, "Capture started")
+    ended = stamp(outcome.agent_log, "Command failed: execute_service_step")
+    beats = [t for t in stamps(outcome.agent_log, "sleeping before next heartbeat")
+             if started < t < ended]
+    if ended - started > 15:
+        assert beats, f"no heartbeat during a {ended - started:.0f} s capture"
     with start_glance(tmp_path / "glance") as again:
         assert again.get_image(image["id"])["status"] != "active"
     assert_failed_cleanly(ironic, node, outcome, disk, sha_before,
