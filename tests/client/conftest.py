@@ -8,6 +8,11 @@ projects (``demo`` owns the node, ``other`` does not) with one member user
 each, the test disk on a loop device and an ``active`` fake-hardware node
 owned by ``demo`` whose root device is that disk. The agent is started per
 snapshot by :func:`agent_on_demand`. Everything binds 127.0.0.1 on free ports.
+
+The agent lists only devices of type ``disk`` as root device candidates, so
+the hint never matches a loop device (the step would fail with "No suitable
+device"): the tests name the disk with ``--device``, and the hint is there so
+that the agent could never pick this machine's own disk.
 """
 
 from __future__ import annotations
@@ -83,10 +88,10 @@ def _requirements() -> None:
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
     """The test disk on a loop device, detached at the end of the module."""
-    image, offset, size = build_disk(tmp_path_factory.mktemp("disk"))
+    image, offset, size, files = build_disk(tmp_path_factory.mktemp("disk"))
     device = run("losetup", "--find", "--show", str(image)).strip()
     try:
-        yield Disk(image=image, device=device, part_offset=offset, part_size=size)
+        yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
     finally:
         subprocess.run(["losetup", "--detach", device], check=False)
 
