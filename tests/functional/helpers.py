@@ -151,15 +151,15 @@ def run_service_step(ironic: IronicServer, node: str, args: dict[str, Any], work
     Starts a fresh agent once the node waits for one, waits for ``active`` or
     ``service failed`` and stops the agent.
 
-    :param during: called with the node uuid right after the agent starts
-        (to interfere with the run); its result is ignored.
+    :param during: called with the :class:`tests.stack.ipa.Agent` right
+        after it starts (to interfere with the run); its result is ignored.
     """
     steps = [{"interface": "deploy", "step": "snapshot_disk", "args": args}]
     ironic.cli("node", "service", node, "--service-steps", json.dumps(steps))
     ironic.wait_for_state(node, "service wait", timeout=60)
     with start_ipa(workdir, ironic.endpoint) as agent:
         if during is not None:
-            during(node)
+            during(agent)
         try:
             record = ironic.wait_for_state(node, ("active", "service failed"), timeout=timeout)
         except AssertionError as exc:

@@ -31,6 +31,10 @@ from .helpers import Disk, abort_to_active, run, run_service_step, sha256_file
 TOKEN = "gAAAAAB-h3-fake-token-" + uuid.uuid4().hex
 
 
+#: A progress line of the step reporting image bytes sent to Glance.
+WRITTEN = re.compile(r"Snapshot of \S+: writing [\d.]+% .* (?!0 B )[\d.]+ \w+ of image written")
+
+
 def our_log_lines(agent_log: str) -> list[str]:
     """Agent log lines written by this package's loggers."""
     return [line for line in agent_log.splitlines() if re.search(r" ironic_snapshot[.\w]* ", line)]
@@ -204,23 +208,24 @@ def test_glance_killed_during_upload(ironic: IronicServer, node: str, disk: Disk
     with start_glance(tmp_path / "glance") as doomed:
         image = doomed.create_image("glance-dies")
 
-        def kill_when_saving(_node: str) -> None:
+        def kill_when_data_flows(agent) -> None:
+            # Kill Glance once the step's progress line says image bytes
+            # were sent: the upload is then well under way.
             def watch() -> None:
                 deadline = time.monotonic() + 180
                 while time.monotonic() < deadline:
-                    status = doomed.get_image(image["id"])["status"]
-                    if status != "queued":
-                        seen.append(status)
+                    if WRITTEN.search(agent.log()):
+                        seen.append(doomed.get_image(image["id"])["status"])
                         doomed.kill()
                         return
-                    time.sleep(0.05)
+                    time.sleep(0.1)
             threading.Thread(target=watch, daemon=True).start()
 
         # Slow compression and a small spool make the upload last seconds.
         outcome = run_service_step(ironic, node, {
             "image_id": image["id"], "glance_endpoint": doomed.endpoint, "auth_token": TOKEN,
             "device": disk.device, "compression_level": 9, "threads": 1,
-            "memory_limit": "8M"}, tmp_path / "ipa", during=kill_when_saving)
+            "memory_limit": "8M"}, tmp_path / "ipa", during=kill_when_data_flows)
     assert seen == ["saving"], f"Glance was not killed during the upload: {seen}"
     # The agent kept heartbeating while the engine worked (the GIL is free).
     started = stamp(outcome.agent_log, "Capture started")
