@@ -159,12 +159,13 @@ pub fn authenticate(auth: &KeystoneAuth) -> Result<Session> {
         .trim_end_matches('/');
     let url = format!("{base}/v3/auth/tokens");
     let body = request_body(auth)?;
-    let client = http::client(
+    let client = http::client_for(
         &TlsOptions {
             insecure: auth.insecure,
             ca_file: auth.ca_file.as_deref(),
         },
         Some(TIMEOUT),
+        http::url_host(&url).as_deref(),
     )?;
     let action = "authentication".to_owned();
     let response = client

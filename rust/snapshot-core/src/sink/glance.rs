@@ -110,7 +110,7 @@ pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
         insecure: target.insecure,
         ca_file: target.ca_file.as_deref(),
     };
-    let meta_client = http::client(&tls, Some(API_TIMEOUT))?;
+    let meta_client = http::client_for(&tls, Some(API_TIMEOUT), http::url_host(&api).as_deref())?;
     let image = get_image(&meta_client, &api, &target.image_id, token.as_ref())?;
     let status = image
         .get("status")
@@ -127,7 +127,7 @@ pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
     // The upload itself has no overall time limit: a multi-GiB image over a
     // slow link takes what it takes. A dead Glance still breaks the
     // connection or fails TCP keep-alive.
-    let upload_client = http::client(&tls, None)?;
+    let upload_client = http::client_for(&tls, None, http::url_host(&api).as_deref())?;
     let (tx, rx) = bounded::<Chunk>(QUEUE);
     let url = format!("{api}/images/{}/file", target.image_id);
     let image_id = target.image_id.clone();
@@ -319,7 +319,7 @@ pub fn verify(target: &GlanceTarget, digests: &Digests, image_size: u64) -> Resu
         insecure: target.insecure,
         ca_file: target.ca_file.as_deref(),
     };
-    let client = http::client(&tls, Some(API_TIMEOUT))?;
+    let client = http::client_for(&tls, Some(API_TIMEOUT), http::url_host(&api).as_deref())?;
     let image = get_image(&client, &api, &target.image_id, token.as_ref())?;
     check_image(&target.image_id, &image, digests, image_size)?;
     tracing::info!(image_id = %target.image_id, "Glance's size and digests match the image sent");

@@ -35,6 +35,18 @@ pub fn client(
     tls: &TlsOptions<'_>,
     timeout: Option<Duration>,
 ) -> Result<reqwest::blocking::Client> {
+    client_for(tls, timeout, None)
+}
+
+/// Like [`client`], and resolves `host` from `/etc/hosts` (or as
+/// `localhost`) itself. hickory reads `/etc/hosts` only once it has read
+/// `/etc/resolv.conf`, and a minimal ramdisk or chroot may have only the
+/// former: names listed there must still work.
+pub fn client_for(
+    tls: &TlsOptions<'_>,
+    timeout: Option<Duration>,
+    host: Option<&str>,
+) -> Result<reqwest::blocking::Client> {
     let mut builder = reqwest::blocking::Client::builder()
         .use_rustls_tls()
         .user_agent(concat!("ironic-snapshot/", env!("CARGO_PKG_VERSION")))
@@ -68,9 +80,46 @@ pub fn client(
             builder = builder.add_root_certificate(cert);
         }
     }
+    if let Some(host) = host
+        && host.parse::<std::net::IpAddr>().is_err()
+    {
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let addrs = hosts_lookup(&hosts, host);
+        if !addrs.is_empty() {
+            builder = builder.resolve_to_addrs(host, &addrs);
+        }
+    }
     builder
         .build()
         .map_err(|err| Error::Internal(format!("Cannot build the HTTP client: {err}")))
+}
+
+/// Addresses of `host` in a hosts file's text; `localhost` is loopback
+/// even when the file does not say so. Ports are 0: the URL's port is used.
+fn hosts_lookup(hosts: &str, host: &str) -> Vec<std::net::SocketAddr> {
+    let mut addrs: Vec<std::net::SocketAddr> = hosts
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let ip: std::net::IpAddr = fields.next()?.parse().ok()?;
+            fields
+                .any(|name| name.eq_ignore_ascii_case(host))
+                .then_some((ip, 0).into())
+        })
+        .collect();
+    if addrs.is_empty() && host.eq_ignore_ascii_case("localhost") {
+        addrs.push((std::net::Ipv4Addr::LOCALHOST, 0).into());
+    }
+    addrs
+}
+
+/// The host of a URL, for [`client_for`].
+pub fn url_host(url: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()?
+        .host_str()
+        .map(|h| h.trim_matches(['[', ']']).to_owned())
 }
 
 /// Checks and normalises a service base URL: `http(s)://host[:port][/path]`
@@ -194,6 +243,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn hosts_file() {
+        let text = "127.0.0.1 localhost\n# 10.0.0.9 glance.test\n10.0.0.1 glance.test glance # comment\n::1 glance\n";
+        let ips = |h: &str| {
+            hosts_lookup(text, h)
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ips("glance.test"), ["10.0.0.1"]);
+        assert_eq!(ips("GLANCE"), ["10.0.0.1", "::1"]);
+        assert!(ips("other").is_empty());
+        assert_eq!(
+            hosts_lookup("", "localhost")[0].ip().to_string(),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            url_host("http://glance.test:9292/v2").as_deref(),
+            Some("glance.test")
+        );
     }
 
     #[test]
