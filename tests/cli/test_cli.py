@@ -360,3 +360,22 @@ def test_sigint_during_upload_leaves_image_queued(cli_binary: Path, glance: Glan
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
     assert glance.get_image(image["id"])["status"] == "queued"
+
+
+def test_static_binary_uploads_by_host_name_from_empty_chroot(static_cli: Path, glance: GlanceServer,
+                                                             tmp_path: Path) -> None:
+    """No NSS, no resolv.conf: a name from /etc/hosts still reaches Glance."""
+    root = tmp_path / "chroot"
+    (root / "etc").mkdir(parents=True)
+    shutil.copy2(static_cli, root / "ironic-snapshot")
+    (root / "disk.img").write_bytes(os.urandom(2 << 20))
+    (root / "etc" / "hosts").write_text("127.0.0.1 glance.test\n")
+    port = glance.endpoint.rsplit(":", 1)[1]
+    image = glance.create_image("by-name", disk_format="raw")
+    proc = subprocess.run(["chroot", str(root), "/ironic-snapshot", "capture", "/disk.img", "--format", "raw",
+                           "--glance-image", image["id"], "--glance-endpoint", f"http://glance.test:{port}",
+                           "--json"], capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    record = glance.get_image(image["id"])
+    assert record["status"] == "active"
+    assert record["checksum"] == hashlib.md5((root / "disk.img").read_bytes()).hexdigest()
