@@ -65,7 +65,7 @@ OPTS = [
     ),
     cfg.IntOpt(
         "progress_interval",
-        default=10,
+        default=5,
         min=1,
         help="Seconds between two progress lines in the agent log.",
     ),
