@@ -675,7 +675,7 @@ impl<'a> Emitter<'a> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.chunk, Vec::new());
+        let chunk = std::mem::take(&mut self.chunk);
         self.put(chunk)?;
         if self.chunk.capacity() == 0 {
             self.chunk = Vec::with_capacity(CHUNK);

@@ -519,7 +519,7 @@ mod tests {
         layout.place_compressed(1, 20_000); // spans host clusters 1 and 2
         let plain = layout.place_plain(3);
         assert_eq!(plain, 3 * 65536);
-        assert_eq!(layout.entry(3), OFLAG_COPIED | 3 * 65536);
+        assert_eq!(layout.entry(3), OFLAG_COPIED | (3 * 65536));
         assert_eq!(layout.data_refs, vec![2, 1, 1]);
     }
 
@@ -581,7 +581,7 @@ mod tests {
             OFLAG_COPIED | plan.meta_start
         );
         // L2 entry of guest cluster 5.
-        assert_eq!(be64(&meta, 5 * 8), OFLAG_COPIED | 6 * 65536);
+        assert_eq!(be64(&meta, 5 * 8), OFLAG_COPIED | (6 * 65536));
         // Refcount table points at both blocks; every cluster counted once.
         assert_eq!(be64(&meta, at(plan.table_offset)), plan.blocks_offset);
         assert_eq!(

@@ -1,5 +1,8 @@
 //! The disk being captured: opened read-only, sized, and scanned for data.
 
+// One whole range in a Vec is what an unsparse disk is, not a mistake.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::fs::File;
 use std::io;
 use std::ops::Range;
