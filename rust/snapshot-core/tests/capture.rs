@@ -479,3 +479,93 @@ fn progress_is_reported() {
     assert_eq!(last.written, report.image_size);
     assert!(last.written > 0);
 }
+
+/// Free-space skipping on a real ext4 filesystem whose free blocks hold
+/// garbage: the image is small, and the filesystem in it is intact (e2fsck)
+/// with every file byte for byte.
+#[test]
+fn ext4_free_space_is_skipped_and_the_filesystem_survives() {
+    use std::process::Command;
+    let dirs = dirs();
+    let files = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(11);
+    let payload = rng.bytes(3 << 20);
+    std::fs::write(files.path().join("random.bin"), &payload).unwrap();
+    std::fs::write(files.path().join("notes.txt"), text(500_000, 12)).unwrap();
+    let source = path_in(&dirs.source, "ext4.img");
+    // Garbage everywhere first, as on a disk that was used before.
+    std::fs::write(&source, rng.bytes(64 << 20)).unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-E",
+            "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+            "-d",
+        ])
+        .arg(files.path())
+        .arg(&source)
+        .output()
+        .expect("mkfs.ext4 must be installed (Debian: e2fsprogs)");
+    assert!(
+        mkfs.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&mkfs.stderr)
+    );
+    let source_sha = sha256_file(&source);
+
+    let image = path_in(&dirs.output, "ext4.qcow2");
+    let opts = CaptureOptions {
+        skip_free_space: true,
+        ..options(Format::Qcow2, Compression::Zstd, K64)
+    };
+    let report = capture_file(&source, &image, &opts).unwrap();
+    check(&image);
+    assert_eq!(sha256_file(&source), source_sha, "the source changed");
+    assert!(
+        !report.partitions.is_empty(),
+        "no filesystem recognised: {:?}",
+        report.partitions
+    );
+    assert!(
+        report.bytes_read < 32 << 20,
+        "free space was read: {} bytes",
+        report.bytes_read
+    );
+    assert!(
+        report.image_size < 16 << 20,
+        "free space was stored: {} bytes",
+        report.image_size
+    );
+
+    // The filesystem in the image is consistent and holds the same files.
+    let raw = path_in(&dirs.output, "ext4.raw");
+    let convert = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&image)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        convert.status.success(),
+        "{}",
+        String::from_utf8_lossy(&convert.stderr)
+    );
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn on the captured filesystem: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /random.bin"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(cat.stdout == payload, "random.bin differs in the image");
+}
