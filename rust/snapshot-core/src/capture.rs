@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::digest::{Digester, Digests, Piece};
+use crate::digest::{Digester, Digests, Piece, Recycler};
 use crate::error::{Error, Result};
 use crate::fs::{self, DiskPlan};
 use crate::options::{CaptureOptions, Compression, Format, Target};
@@ -455,13 +455,17 @@ impl Job<'_> {
     /// Digests what a seekable sink holds, by reading it back.
     fn digest_back(&self, sink: &mut dyn Sink, size: u64) -> Result<Digests> {
         let mut digester = Digester::new()?;
+        let mut recycler = Recycler::default();
         let mut offset = 0u64;
         while offset < size {
             self.cancelled()?;
             let len = (size - offset).min(CHUNK as u64) as usize;
-            let mut buf = vec![0u8; len];
+            let mut buf = recycler.take(CHUNK);
+            buf.resize(len, 0);
             sink.read_at(offset, &mut buf)?;
-            digester.update(Piece::new(Arc::new(buf), len))?;
+            let buf = Arc::new(buf);
+            digester.update(Piece::new(buf.clone(), len))?;
+            recycler.keep(buf);
             offset += len as u64;
         }
         digester.finish()
@@ -647,6 +651,7 @@ struct Emitter<'a> {
     /// Bytes held by the spool.
     spooled: u64,
     zeros: Option<Arc<Vec<u8>>>,
+    recycler: Recycler,
 }
 
 impl<'a> Emitter<'a> {
@@ -658,6 +663,7 @@ impl<'a> Emitter<'a> {
             written: 0,
             spooled: 0,
             zeros: None,
+            recycler: Recycler::default(),
         }
     }
 
@@ -678,7 +684,8 @@ impl<'a> Emitter<'a> {
         let chunk = std::mem::take(&mut self.chunk);
         self.put(chunk)?;
         if self.chunk.capacity() == 0 {
-            self.chunk = Vec::with_capacity(CHUNK);
+            self.chunk = self.recycler.take(CHUNK);
+            self.chunk.clear();
         }
         Ok(())
     }
@@ -710,7 +717,9 @@ impl<'a> Emitter<'a> {
         }
         if let Some(digester) = &mut self.digester {
             let len = chunk.len();
-            digester.update(Piece::new(Arc::new(chunk), len))?;
+            let chunk = Arc::new(chunk);
+            digester.update(Piece::new(chunk.clone(), len))?;
+            self.recycler.keep(chunk);
         } else {
             // Nobody else holds it: reuse the allocation.
             chunk.clear();

@@ -42,6 +42,45 @@ impl Piece {
     }
 }
 
+/// Gives buffers handed to the hash threads back for reuse once every
+/// thread is done with them, sparing a fresh multi-MiB allocation (and its
+/// page faults) per piece.
+#[derive(Default)]
+pub(crate) struct Recycler {
+    sent: std::collections::VecDeque<Arc<Vec<u8>>>,
+}
+
+/// Buffers remembered for reuse: a few more than the hash queues hold.
+const RECYCLE: usize = QUEUE + 4;
+
+impl Recycler {
+    /// A buffer with room for `capacity` bytes: the oldest one sent, if the
+    /// hash threads have all let go of it, else a new one. Its contents are
+    /// whatever it held.
+    pub(crate) fn take(&mut self, capacity: usize) -> Vec<u8> {
+        if self
+            .sent
+            .front()
+            .is_some_and(|buf| Arc::strong_count(buf) == 1)
+        {
+            if let Some(Ok(buf)) = self.sent.pop_front().map(Arc::try_unwrap) {
+                if buf.capacity() >= capacity {
+                    return buf;
+                }
+            }
+        }
+        Vec::with_capacity(capacity)
+    }
+
+    /// Remembers a buffer that was sent, to take it back later.
+    pub(crate) fn keep(&mut self, buf: Arc<Vec<u8>>) {
+        self.sent.push_back(buf);
+        if self.sent.len() > RECYCLE {
+            self.sent.pop_front();
+        }
+    }
+}
+
 /// Computes MD5, SHA-256 and SHA-512 of a byte stream, each on its own
 /// thread: together they cost more than zstd at low levels, and on a
 /// single thread they would make the writer the bottleneck.
