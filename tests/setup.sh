@@ -38,12 +38,14 @@ say "Release CLI"
 cargo build --release --locked -p snapshot-cli 2>&1 | tail -n 2
 
 say "Example: capture the built-in example disk"
-example=$(mktemp -d)
-trap 'rm -rf "$example"' EXIT
+# The source lives on tmpfs: the engine refuses output on the filesystem holding its source.
+example=$(mktemp -d -p /dev/shm)
+out=$(mktemp -d)
+trap 'rm -rf "$example" "$out"' EXIT
 bash tests/example/build-disk.sh "$example/disk.img" > /dev/null
 sha_before=$(sha256sum < "$example/disk.img")
-target/release/ironic-snapshot capture "$example/disk.img" -o "$example/disk.qcow2" --json
-qemu-img check -q "$example/disk.qcow2"
-qemu-img compare -q "$example/disk.img" "$example/disk.qcow2"
+target/release/ironic-snapshot capture "$example/disk.img" -o "$out/disk.qcow2" --json
+qemu-img check -q "$out/disk.qcow2"
+qemu-img compare -q "$example/disk.img" "$out/disk.qcow2"
 [[ $(sha256sum < "$example/disk.img") == "$sha_before" ]]
 say "Example image passed qemu-img check and compare; the source is unchanged"
