@@ -38,7 +38,9 @@ pub enum ErrorKind {
 #[non_exhaustive]
 pub enum Error {
     /// A size string could not be parsed.
-    #[error("Invalid size {value:?}: use a number with an optional K, M, G or T suffix, such as 64K or 1G")]
+    #[error(
+        "Invalid size {value:?}: use a number with an optional K, M, G or T suffix, such as 64K or 1G"
+    )]
     InvalidSize {
         /// The text that was given.
         value: String,
@@ -58,7 +60,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// The source exists but cannot be opened for reading.
-    #[error("Cannot open source {path} for reading: check the path and that you may read it (block devices usually need root)")]
+    #[error(
+        "Cannot open source {path} for reading: check the path and that you may read it (block devices usually need root)"
+    )]
     SourceOpen {
         /// The path that was given.
         path: PathBuf,
@@ -73,7 +77,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// Reading the source failed.
-    #[error("Reading source {path} at offset {offset} failed: the disk may be failing or was removed")]
+    #[error(
+        "Reading source {path} at offset {offset} failed: the disk may be failing or was removed"
+    )]
     SourceRead {
         /// The source path.
         path: PathBuf,
@@ -84,7 +90,9 @@ pub enum Error {
         source: io::Error,
     },
     /// The source ended before its reported size.
-    #[error("Source {path} ended at offset {offset}, before its size of {size} bytes: was it truncated or removed during the capture?")]
+    #[error(
+        "Source {path} ended at offset {offset}, before its size of {size} bytes: was it truncated or removed during the capture?"
+    )]
     ShortRead {
         /// The source path.
         path: PathBuf,
@@ -94,7 +102,9 @@ pub enum Error {
         size: u64,
     },
     /// A second pass over the source produced different data than the first.
-    #[error("Source {path} changed during the capture: capture an unmounted disk, or one that nothing writes to")]
+    #[error(
+        "Source {path} changed during the capture: capture an unmounted disk, or one that nothing writes to"
+    )]
     SourceChanged {
         /// The source path.
         path: PathBuf,
@@ -106,7 +116,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// The output would be written to the device being captured.
-    #[error("Output {output} is on the device being captured ({source_path}): write the image to another disk, to standard output or to Glance")]
+    #[error(
+        "Output {output} is on the device being captured ({source_path}): write the image to another disk, to standard output or to Glance"
+    )]
     OutputOnSource {
         /// The output path.
         output: PathBuf,
@@ -135,7 +147,9 @@ pub enum Error {
         message: String,
     },
     /// The connection to the image service failed or broke.
-    #[error("{service} could not be reached during {action}: check the endpoint and that the service is up, then capture again")]
+    #[error(
+        "{service} could not be reached during {action}: check the endpoint and that the service is up, then capture again"
+    )]
     Connection {
         /// Which service (`Glance`).
         service: &'static str,
@@ -156,7 +170,9 @@ pub enum Error {
         detail: String,
     },
     /// The remote image exists but cannot take data in its current state.
-    #[error("{service} image {image_id} is {status}, not queued: create a new image and capture into it")]
+    #[error(
+        "{service} image {image_id} is {status}, not queued: create a new image and capture into it"
+    )]
     ImageNotQueued {
         /// Which service (`Glance`).
         service: &'static str,
@@ -166,7 +182,9 @@ pub enum Error {
         status: String,
     },
     /// The identity service's catalog lists no endpoint for a service.
-    #[error("The Keystone catalog has no {interface} endpoint for service type {service_type}{region}: give the endpoint explicitly or check OS_INTERFACE and OS_REGION_NAME")]
+    #[error(
+        "The Keystone catalog has no {interface} endpoint for service type {service_type}{region}: give the endpoint explicitly or check OS_INTERFACE and OS_REGION_NAME"
+    )]
     EndpointNotFound {
         /// The service type looked for (`image`).
         service_type: String,
@@ -187,9 +205,10 @@ impl Error {
     /// The coarse class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidSize { .. } | Error::InvalidOption { .. } | Error::OutputExists { .. } | Error::OutputOnSource { .. } => {
-                ErrorKind::InvalidInput
-            }
+            Error::InvalidSize { .. }
+            | Error::InvalidOption { .. }
+            | Error::OutputExists { .. }
+            | Error::OutputOnSource { .. } => ErrorKind::InvalidInput,
             Error::SourceNotFound { .. }
             | Error::SourceOpen { .. }
             | Error::SourceNotADisk { .. }
@@ -197,7 +216,9 @@ impl Error {
             | Error::ShortRead { .. }
             | Error::SourceChanged { .. } => ErrorKind::Source,
             Error::OutputWrite { .. } => ErrorKind::Output,
-            Error::Http { .. } | Error::Connection { .. } | Error::ImageNotQueued { .. } => ErrorKind::Upload,
+            Error::Http { .. } | Error::Connection { .. } | Error::ImageNotQueued { .. } => {
+                ErrorKind::Upload
+            }
             Error::EndpointNotFound { .. } => ErrorKind::InvalidInput,
             Error::VerificationFailed { .. } => ErrorKind::Verification,
             Error::Cancelled => ErrorKind::Cancelled,
