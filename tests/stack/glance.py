@@ -34,6 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from tests.stack.process import write_conf
 
 __all__ = ["GlanceServer", "start_glance", "free_port"]
 
@@ -57,13 +58,6 @@ def _venv_root() -> Path:
     return _venv_bin().parent
 
 
-def _write_conf(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {value}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
 
 
 class GlanceServer:
@@ -222,7 +216,7 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
     for section, values in (extra_conf or {}).items():
         sections.setdefault(section, {}).update(values)
     conf = workdir / "conf" / "glance-api.conf"
-    _write_conf(conf, sections)
+    write_conf(conf, sections)
 
     env = dict(os.environ, OS_GLANCE_CONFIG_DIR=str(workdir / "conf"))
     bin_dir = _venv_bin()

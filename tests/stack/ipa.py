@@ -13,8 +13,6 @@ this machine's own disk.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tests.stack.glance import free_port
+from tests.stack.process import stop_process_group, write_conf
 
 __all__ = ["Agent", "start_ipa"]
 
@@ -51,24 +50,9 @@ class Agent:
 
     def stop(self) -> None:
         """Stops the agent: SIGTERM to its process group, SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process, timeout=15)
 
 
-def _write_conf(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {value}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
 
 
 @contextlib.contextmanager
@@ -109,7 +93,7 @@ def start_ipa(workdir: Path, api_url: str, *,
     for section, values in (extra_conf or {}).items():
         sections.setdefault(section, {}).update(values)
     conf = workdir / "ipa.conf"
-    _write_conf(conf, sections)
+    write_conf(conf, sections)
     output = open(workdir / "ipa.stdout", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "ironic-python-agent"), "--config-file", str(conf)],

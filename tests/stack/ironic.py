@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.stack.glance import free_port
+from tests.stack.process import stop_process_group, write_conf
 
 __all__ = ["IronicServer", "StateTimeout", "host_mac", "start_ironic"]
 
@@ -179,24 +179,9 @@ class IronicServer:
 
     def stop(self) -> None:
         """Stops Ironic: SIGTERM to its process group, SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process, timeout=20)
 
 
-def _write_conf(path: Path, sections: dict[str, dict[str, str]]) -> None:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {value}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
 
 
 @contextlib.contextmanager
@@ -255,7 +240,7 @@ def start_ironic(workdir: Path, *, port: int | None = None,
     }
     for section, values in (extra_conf or {}).items():
         sections.setdefault(section, {}).update(values)
-    _write_conf(conf, sections)
+    write_conf(conf, sections)
     bin_dir = _venv_bin()
     subprocess.run([str(bin_dir / "ironic-dbsync"), "--config-file", str(conf), "create_schema"],
                    check=True, cwd=workdir, capture_output=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.stack.glance import free_port
+from tests.stack.process import write_conf
 
 __all__ = ["KeystoneServer", "start_keystone"]
 
@@ -51,13 +52,6 @@ def _venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
-def _write_conf(path: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {value}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
 
 
 class KeystoneError(RuntimeError):
@@ -322,7 +316,7 @@ def start_keystone(workdir: Path, *, port: int | None = None, workers: int = 2,
     for section, values in (extra_conf or {}).items():
         sections.setdefault(section, {}).update(values)
     conf = conf_dir / "keystone.conf"
-    _write_conf(conf, sections)
+    write_conf(conf, sections)
 
     manage = [str(_venv_bin() / "keystone-manage"), "--config-file", str(conf)]
     password = secrets.token_hex(16)
