@@ -34,3 +34,9 @@ class SnapshotEngineError(SnapshotStepError):
     """The imaging engine failed for a reason not covered by IPA's errors."""
 
     message = "Disk snapshot failed: imaging engine error"
+
+
+class IdentityServiceError(SnapshotStepError):
+    """Keystone refused the agent's configured credential or could not be reached."""
+
+    message = "Disk snapshot failed: identity service error"
