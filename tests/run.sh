@@ -7,4 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+# The Python tests load the engine from python/ironic_snapshot: rebuild it in
+# place so that they test the Rust code as it is now, not as setup.sh found it.
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release --skip-install --locked -q
 .venv/bin/python -m pytest -ra "$@"

@@ -53,7 +53,8 @@ def capture(
     :param cluster_size: qcow2 cluster size, bytes or a string like ``"64K"``.
     :param threads: compression workers; 0 for one per core.
     :param memory_limit: most compressed bytes held in memory for a
-        forward-only destination, bytes or a string like ``"256M"``.
+        forward-only destination, bytes or a string like ``"256M"``, or
+        ``"auto"`` for half of the memory available now.
     :param skip_free_space: skip free space of known filesystems and swap.
     :param force: overwrite an existing ``output`` file.
     :param progress: called with a :class:`ProgressUpdate` at most every

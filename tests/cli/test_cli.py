@@ -121,7 +121,7 @@ def test_raw_format(cli_binary: Path, make_disk, tmp_path: Path) -> None:
     assert sha256(out) == sha256(disk.path)
 
 
-@pytest.mark.parametrize("memory_limit", ["256M", "1M"])
+@pytest.mark.parametrize("memory_limit", ["256M", "1M", "auto"])
 def test_stdout_equals_file(cli_binary: Path, make_disk, tmp_path: Path, memory_limit: str) -> None:
     """``-o -`` gives the very bytes of ``-o FILE``, also when the spool overflows."""
     disk = make_disk(size_mib=96, random_mib=4)

@@ -50,6 +50,14 @@ def test_capture_raw(disk_image: Path, tmp_path: Path) -> None:
     assert sha256(out) == sha256(disk_image)
 
 
+def test_memory_limit_auto(disk_image: Path, tmp_path: Path) -> None:
+    """``memory_limit="auto"`` is taken (half of the available memory)."""
+    out = tmp_path / "out.qcow2"
+    report = ironic_snapshot.capture(disk_image, out, memory_limit="auto")
+    assert report["sha256"] == sha256(out)
+    assert qemu_img("check", "-q", str(out)).returncode == 0
+
+
 def test_existing_output_needs_force(disk_image: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.qcow2"
     out.write_bytes(b"keep me")

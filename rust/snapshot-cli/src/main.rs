@@ -104,8 +104,9 @@ struct CaptureArgs {
     threads: usize,
 
     /// Most compressed data held in memory for -o - and Glance; beyond it the
-    /// disk is read twice instead
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    /// disk is read twice instead. `auto`: half of the memory available now
+    /// (for a machine doing nothing else)
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_memory_limit)]
     memory_limit: u64,
 
     /// Copy free space of known filesystems and swap too, instead of skipping it
@@ -152,6 +153,11 @@ enum CompressionArg {
 /// clap value parser for sizes with suffixes (64K, 1G).
 fn parse_size(text: &str) -> Result<u64, String> {
     snapshot_core::parse_size(text).map_err(|err| err.to_string())
+}
+
+/// clap value parser for the memory limit: a size or `auto`.
+fn parse_memory_limit(text: &str) -> Result<u64, String> {
+    snapshot_core::parse_memory_limit(text).map_err(|err| err.to_string())
 }
 
 fn main() -> ExitCode {

@@ -29,6 +29,53 @@ pub fn parse_size(text: &str) -> Result<u64> {
     number.checked_mul(1u64 << shift).ok_or_else(invalid)
 }
 
+/// Memory limit used when the memory the system has available cannot be
+/// read (`auto` outside Linux, or without /proc).
+const FALLBACK_MEMORY_LIMIT: u64 = 256 << 20;
+
+/// Parses a memory limit: a size as [`parse_size`] takes it, or `auto` for
+/// [`auto_memory_limit`].
+pub fn parse_memory_limit(text: &str) -> Result<u64> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        Ok(auto_memory_limit())
+    } else {
+        parse_size(text)
+    }
+}
+
+/// Half of the memory the kernel reports available right now
+/// (`MemAvailable` in /proc/meminfo), or 256 MiB when that cannot be read.
+///
+/// Meant for a machine that does nothing else while it is captured, such as
+/// a node in the agent ramdisk: an image that fits is spooled in memory and
+/// the disk is read once, instead of twice past a small fixed limit. The
+/// other half stays for the rest of the system, and for the page cache that
+/// reading the disk fills.
+pub fn auto_memory_limit() -> u64 {
+    match std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .as_deref()
+        .and_then(mem_available)
+    {
+        Some(available) => available / 2,
+        None => {
+            tracing::warn!(
+                "Cannot read MemAvailable from /proc/meminfo: memory limit auto falls back to 256 MiB"
+            );
+            FALLBACK_MEMORY_LIMIT
+        }
+    }
+}
+
+/// `MemAvailable` of a /proc/meminfo text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?;
+    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Formats a byte count for people: `1.5 GiB`, `64 KiB`, `512 B`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -63,6 +110,21 @@ mod tests {
         for bad in ["", "K", "12Q", "-1", "1.5G", "99999999999999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn memory_limit_auto_is_half_of_available_memory() {
+        let meminfo = "MemTotal:       24683528 kB\nMemFree:        12904704 kB\n\
+                       MemAvailable:   23200000 kB\nBuffers:          123 kB\n";
+        assert_eq!(mem_available(meminfo), Some(23_200_000 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(mem_available("MemAvailable: lots\n"), None);
+        assert_eq!(parse_memory_limit("512M").unwrap(), 512 << 20);
+        assert!(parse_memory_limit("half").is_err());
+        // This machine has a /proc/meminfo: auto is half of what it says.
+        let available = mem_available(&std::fs::read_to_string("/proc/meminfo").unwrap()).unwrap();
+        let auto = parse_memory_limit(" AUTO ").unwrap();
+        assert!(auto > 0 && auto <= available / 2 + (64 << 20), "{auto} vs {available}");
     }
 
     #[test]

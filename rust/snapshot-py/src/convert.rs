@@ -24,6 +24,17 @@ impl SizeArg {
                 .map_err(|err| invalid_input(py, &format!("Invalid {name}: {err}"))),
         }
     }
+
+    /// The memory limit in bytes: a size, or `"auto"` for half of the
+    /// memory available now.
+    pub(crate) fn memory_limit(&self, py: Python<'_>) -> PyResult<u64> {
+        match self {
+            SizeArg::Str(text) if text.trim().eq_ignore_ascii_case("auto") => {
+                Ok(snapshot_core::auto_memory_limit())
+            }
+            _ => self.bytes(py, "memory_limit"),
+        }
+    }
 }
 
 /// Parses the `format` argument.

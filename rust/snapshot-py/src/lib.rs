@@ -126,7 +126,7 @@ mod _engine {
                 )
             })?,
             threads,
-            memory_limit: memory_limit.bytes(py, "memory_limit")?,
+            memory_limit: memory_limit.memory_limit(py)?,
             skip_free_space,
             cancel: Some(cancel.clone()),
         };
