@@ -124,7 +124,10 @@ mod tests {
         // This machine has a /proc/meminfo: auto is half of what it says.
         let available = mem_available(&std::fs::read_to_string("/proc/meminfo").unwrap()).unwrap();
         let auto = parse_memory_limit(" AUTO ").unwrap();
-        assert!(auto > 0 && auto <= available / 2 + (64 << 20), "{auto} vs {available}");
+        assert!(
+            auto > 0 && auto <= available / 2 + (64 << 20),
+            "{auto} vs {available}"
+        );
     }
 
     #[test]
