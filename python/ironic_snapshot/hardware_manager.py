@@ -3,11 +3,16 @@
 Registered under the entry point group ``ironic_python_agent.hardware_managers``
 as ``snapshot``. The step captures the node's disk, opened read-only, straight
 into a queued Glance image, then records the capture report on that image as
-``snapshot_*`` properties (Ironic discards what a step returns).
+``snapshot_*`` properties (Ironic discards what a step returns). The image is
+given by id, or, for a runbook that cannot name a per-run image or carry a
+token, created by the step with the operator's credential from the agent
+configuration.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import importlib
 import threading
 import time
@@ -25,7 +30,7 @@ from ironic_snapshot import exceptions
 from ironic_snapshot.errors import ImageServiceError
 from ironic_snapshot.errors import ImageVerificationError
 from ironic_snapshot.errors import SnapshotEngineError
-from ironic_snapshot.glance import GlanceImages
+from ironic_snapshot.glance import ConfiguredCredential, GlanceImages
 
 LOG = log.getLogger(__name__)
 CONF = cfg.CONF
@@ -37,8 +42,12 @@ snapshot_conf.register_opts(CONF)
 SNAPSHOT_DISK_ARGSINFO: dict[str, dict[str, Any]] = {
     "image_id": {
         "description": "Id of the Glance image to fill. It must exist, be "
-        "queued and have disk_format qcow2 or raw.",
-        "required": True,
+        "queued and have disk_format qcow2 or raw. Without it the step "
+        "creates its own image with the credential of the agent "
+        "configuration ([snapshot]auth_url and application_credential_*), "
+        "named by [snapshot]image_name_template, and deletes it if the "
+        "capture fails: what a runbook uses.",
+        "required": False,
     },
     "glance_endpoint": {
         "description": "Glance endpoint, such as https://glance.example.org:"
@@ -48,7 +57,8 @@ SNAPSHOT_DISK_ARGSINFO: dict[str, dict[str, Any]] = {
     "auth_token": {
         "description": "Keystone token for Glance: make it short-lived and "
         "scoped to this upload, it is visible to whoever can read the node "
-        "while the step runs.",
+        "while the step runs. Default: a token of the credential of the "
+        "agent configuration, if one is set.",
         "required": False,
     },
     "device": {
@@ -57,7 +67,8 @@ SNAPSHOT_DISK_ARGSINFO: dict[str, dict[str, Any]] = {
         "required": False,
     },
     "disk_format": {
-        "description": "qcow2 or raw. Default: the image's disk_format.",
+        "description": "qcow2 or raw. Default: the image's disk_format, or "
+        "qcow2 for an image the step creates.",
         "required": False,
     },
     "compression": {
@@ -140,6 +151,90 @@ def _human(size: float) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+#: Placeholders of ``[snapshot]image_name_template``.
+NAME_PLACEHOLDERS = ("node_uuid", "node_name", "timestamp", "device")
+
+#: Image attributes Glance owns or the step sets itself: not settable by
+#: ``[snapshot]image_properties``.
+_RESERVED_IMAGE_ATTRIBUTES = frozenset({
+    "id", "name", "status", "visibility", "disk_format", "container_format",
+    "owner", "protected", "os_hidden", "checksum", "os_hash_algo",
+    "os_hash_value", "size", "virtual_size", "min_disk", "min_ram",
+    "locations", "direct_url", "created_at", "updated_at", "tags", "file",
+    "schema", "self",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class _NewImage:
+    """The image the step creates when it is given no ``image_id``."""
+
+    template: str
+    node: dict[str, Any]
+    disk_format: str
+    visibility: str
+    properties: dict[str, str]
+
+    @classmethod
+    def from_conf(cls, opts: Any, node: dict[str, Any], disk_format: str) -> _NewImage:
+        """Checks the ``[snapshot]`` image options before any I/O.
+
+        :raises InvalidCommandParamsError: a bad template or property name.
+        """
+        properties = {str(k): str(v) for k, v in (opts.image_properties or {}).items()}
+        for key in sorted(properties):
+            if key.startswith(PROPERTY_PREFIX) or key in _RESERVED_IMAGE_ATTRIBUTES:
+                raise errors.InvalidCommandParamsError(
+                    f"[snapshot]image_properties sets {key}, which the step or "
+                    "Glance sets itself: remove it from the agent configuration")
+        if node.get("uuid"):
+            properties[PROPERTY_PREFIX + "node"] = str(node["uuid"])
+        image = cls(opts.image_name_template, node, disk_format, opts.image_visibility,
+                    properties)
+        image.name("/dev/sda")  # fails now rather than after the disk is resolved
+        return image
+
+    def name(self, device: str) -> str:
+        """The image name from the template, for the disk ``device``.
+
+        :raises InvalidCommandParamsError: the template is not valid.
+        """
+        uuid = str(self.node.get("uuid") or "unknown-node")
+        values = {
+            "node_uuid": uuid,
+            "node_name": str(self.node.get("name") or uuid),
+            "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"),
+            "device": device,
+        }
+        try:
+            name = str(self.template).format(**values)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise errors.InvalidCommandParamsError(
+                f"[snapshot]image_name_template {self.template!r} is not valid "
+                f"({exc.__class__.__name__}: {exc}): use the placeholders "
+                f"{', '.join('{' + p + '}' for p in NAME_PLACEHOLDERS)}") from None
+        if not name or len(name) > 255:
+            raise errors.InvalidCommandParamsError(
+                f"[snapshot]image_name_template {self.template!r} gives a name of "
+                f"{len(name)} characters: Glance takes 1 to 255")
+        return name
+
+
+def _delete_own_image(images: GlanceImages, image_id: str) -> str:
+    """Deletes an image the step created; returns what happened, for the error."""
+    try:
+        images.delete(image_id)
+    except ImageServiceError as exc:
+        LOG.error("Snapshot: the image %(image)s the step created could not be "
+                  "deleted after the failure: %(error)s",
+                  {"image": image_id, "error": exc.details})
+        return (f"The image {image_id} the step created could not be deleted "
+                f"({exc.details}): delete it by hand")
+    LOG.info("Snapshot: deleted the image %s the step created, after the failure",
+             image_id)
+    return f"The image {image_id} the step created was deleted"
 
 
 class _ProgressLog:
@@ -229,14 +324,26 @@ class SnapshotHardwareManager(hardware.HardwareManager):
     def snapshot_disk(self, node: dict[str, Any], ports: list[Any], **kwargs: Any) -> dict[str, Any]:
         """Capture the node's disk into a queued Glance image.
 
+        The image is the one ``image_id`` names, or, without ``image_id``, one
+        the step creates with the credential of the agent configuration
+        (``[snapshot]auth_url`` and ``application_credential_*``), named by
+        ``[snapshot]image_name_template``; the step logs its id at INFO and
+        deletes it if the capture fails. Without ``auth_token`` the step
+        authenticates with that configured credential too, if one is set.
+
         :param node: the Ironic node.
         :param ports: the node's ports.
         :param kwargs: the step arguments, see :data:`SNAPSHOT_DISK_ARGSINFO`.
-        :returns: the capture report (Ironic discards it; it is also stored
-            on the image as ``snapshot_*`` properties).
-        :raises InvalidCommandParamsError: bad or missing arguments.
+        :returns: ``image_id``, ``device``, the capture ``report`` and, for
+            an image the step created, ``image_created`` (Ironic discards it;
+            the report is also stored on the image as ``snapshot_*``
+            properties).
+        :raises InvalidCommandParamsError: bad or missing arguments, or an
+            incomplete credential or image template in the configuration.
         :raises BlockDeviceError: the disk is missing, not a block device,
             in use, or cannot be read.
+        :raises IdentityServiceError: Keystone refused the configured
+            credential or could not be reached.
         :raises ImageServiceError: Glance refused or could not be reached.
         :raises ImageVerificationError: Glance stored other bytes than sent.
         """
@@ -248,13 +355,15 @@ class SnapshotHardwareManager(hardware.HardwareManager):
             )
         opts = CONF.snapshot
         image_id = kwargs.get("image_id")
-        if not isinstance(image_id, str) or not image_id or "/" in image_id:
-            raise errors.InvalidCommandParamsError(
-                "Argument image_id of step snapshot_disk is required: pass the "
-                "id of a queued Glance image to fill"
-            )
+        if image_id is not None and (
+            not isinstance(image_id, str) or not image_id or "/" in image_id
+        ):
+            raise _bad_arg("image_id", image_id, "the id of a queued Glance image, "
+                           "or no image_id to let the step create its image")
         endpoint = kwargs.get("glance_endpoint") or opts.glance_endpoint
-        if not endpoint or not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+        if endpoint is not None and (
+            not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))
+        ):
             raise errors.InvalidCommandParamsError(
                 "No valid Glance endpoint for step snapshot_disk: pass "
                 "glance_endpoint (http:// or https:// URL) or set "
@@ -265,9 +374,35 @@ class SnapshotHardwareManager(hardware.HardwareManager):
             raise errors.InvalidCommandParamsError(
                 "Argument auth_token of step snapshot_disk must be a string"
             )
+        # A token of the run wins; without one, the operator's configured
+        # credential (the only way a stored runbook can authenticate).
+        credential = None
+        if token is None:
+            try:
+                credential = ConfiguredCredential.from_conf(opts)
+            except ValueError as exc:
+                raise errors.InvalidCommandParamsError(
+                    f"Step snapshot_disk cannot authenticate: {exc}") from None
+        if image_id is None and token is None and credential is None:
+            raise errors.InvalidCommandParamsError(
+                "Step snapshot_disk has no image to fill: pass image_id (a queued "
+                "Glance image, with glance_endpoint and auth_token), or let the "
+                "step create its image by setting [snapshot]auth_url with "
+                "application_credential_id and application_credential_secret "
+                "in the agent configuration"
+            )
+        if endpoint is None and credential is None:
+            raise errors.InvalidCommandParamsError(
+                "No valid Glance endpoint for step snapshot_disk: pass "
+                "glance_endpoint (http:// or https:// URL) or set "
+                "[snapshot]glance_endpoint in the agent configuration"
+            )
         disk_format = kwargs.get("disk_format")
         if disk_format is not None and disk_format not in ("qcow2", "raw"):
             raise _bad_arg("disk_format", disk_format, "qcow2 or raw")
+        new_image = None
+        if image_id is None:
+            new_image = _NewImage.from_conf(opts, node, disk_format or "qcow2")
         compression = kwargs.get("compression", opts.compression)
         if compression not in ("zstd", "zlib", "none"):
             raise _bad_arg("compression", compression, "zstd, zlib or none")
@@ -288,7 +423,68 @@ class SnapshotHardwareManager(hardware.HardwareManager):
             LOG.info("Snapshot: using the node's root device %s", device)
         devices.check_capturable(device)
 
-        images = GlanceImages(endpoint, token, verify, opts.api_timeout)
+        refused_hint = None
+        if credential is not None:
+            access = credential.authenticate(verify=verify, timeout=opts.api_timeout,
+                                             interface=opts.interface,
+                                             region=opts.region_name)
+            token = access.token
+            endpoint = endpoint or access.image_endpoint
+            if not endpoint:
+                raise errors.InvalidCommandParamsError(
+                    f"No Glance endpoint for step snapshot_disk: the Keystone "
+                    f"catalog of the {credential.describe()} has no {opts.interface} "
+                    f"image endpoint{' in region ' + opts.region_name if opts.region_name else ''}: "
+                    "set [snapshot]glance_endpoint (or interface, region_name) in "
+                    "the agent configuration"
+                )
+            refused_hint = (
+                f"the {credential.describe()} of [snapshot] lacks access: its "
+                "access rules must allow POST /v2/images, GET, PATCH and DELETE "
+                "/v2/images/{image_id} and PUT /v2/images/{image_id}/file of "
+                "service image"
+            )
+        images = GlanceImages(str(endpoint), token, verify, opts.api_timeout, refused_hint)
+        capture_args = {
+            "token": token, "compression": compression, "level": level,
+            "cluster_size": cluster_size, "threads": threads,
+            "memory_limit": memory_limit, "skip_free_space": skip_free_space,
+            "insecure": insecure,
+        }
+
+        if image_id is not None:
+            disk_format = self._check_given_image(images, image_id, disk_format)
+            return self._capture_into(images, image_id, disk_format, node, device,
+                                      **capture_args)
+        if new_image is None:  # unreachable: made above when image_id is None
+            raise SnapshotEngineError("Step snapshot_disk has no image to fill")
+
+        image = images.create(new_image.name(device), new_image.disk_format,
+                              new_image.visibility, new_image.properties)
+        image_id = image["id"]
+        LOG.info(
+            "Snapshot: created image %(image)s named %(name)s in Glance at "
+            "%(endpoint)s (%(visibility)s, owner %(owner)s) for node %(node)s",
+            {"image": image_id, "name": image.get("name"), "endpoint": images.endpoint,
+             "visibility": image.get("visibility"), "owner": image.get("owner"),
+             "node": node.get("uuid")},
+        )
+        try:
+            result = self._capture_into(images, image_id, new_image.disk_format, node,
+                                        device, **capture_args)
+        except Exception as exc:
+            # The image is the step's own: nobody else would clean it up.
+            outcome = _delete_own_image(images, image_id)
+            if isinstance(exc, errors.RESTError):
+                exc.details = f"{exc.details}. {outcome}"
+            raise
+        result["image_created"] = True
+        return result
+
+    @staticmethod
+    def _check_given_image(images: GlanceImages, image_id: str,
+                           disk_format: str | None) -> str:
+        """Checks that the image given by id can be filled; returns its format."""
         image = images.get(image_id)
         if image.get("status") != "queued":
             raise ImageServiceError(
@@ -302,14 +498,26 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                 "it with disk_format qcow2 or raw (and container_format bare)"
             )
         if disk_format is None:
-            disk_format = image_format
-        elif disk_format != image_format:
+            return str(image_format)
+        if disk_format != image_format:
             raise errors.InvalidCommandParamsError(
                 f"Argument disk_format {disk_format} differs from the "
                 f"disk_format {image_format} of image {image_id}: Glance would "
                 "reject the data; drop the argument or create a matching image"
             )
+        return disk_format
 
+    def _capture_into(self, images: GlanceImages, image_id: str, disk_format: str,
+                      node: dict[str, Any], device: str, *, token: str | None,
+                      compression: str,
+                      level: int | None, cluster_size: int | str, threads: int,
+                      memory_limit: int | str, skip_free_space: bool,
+                      insecure: bool) -> dict[str, Any]:
+        """Captures ``device`` into the queued ``image_id`` and records the report.
+
+        The same for an image given by id and one the step created.
+        """
+        opts = CONF.snapshot
         LOG.info(
             "Snapshot of %(device)s into image %(image)s at %(endpoint)s as "
             "%(format)s (compression %(compression)s)",
