@@ -151,11 +151,14 @@ class AgentWatch:
 
 @contextlib.contextmanager
 def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
-                    on_service: Any = None) -> Iterator[AgentWatch]:
+                    on_service: Any = None,
+                    agent_conf: dict[str, dict[str, str]] | None = None) -> Iterator[AgentWatch]:
     """Starts a fresh agent when ``node`` waits for one; stops it on exit.
 
     :param on_service: called once with the node record when the node is
         first seen servicing with a step (in the watcher thread).
+    :param agent_conf: sections merged into the agent's config file, such as
+        the operator's ``[snapshot]`` credential.
     """
     watch = AgentWatch()
     stop = threading.Event()
@@ -179,7 +182,7 @@ def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
                     called = True
                     on_service(record)
             if state == "service wait" and not contexts:
-                context = start_ipa(workdir, ironic.endpoint)
+                context = start_ipa(workdir, ironic.endpoint, extra_conf=agent_conf)
                 watch.agents.append(context.__enter__())
                 contexts.append(context)
             time.sleep(0.3)
