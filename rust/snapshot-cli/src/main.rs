@@ -39,11 +39,13 @@ Examples:
   ironic-snapshot capture /dev/sda -o /mnt/usb/node.qcow2
   ironic-snapshot capture /dev/nvme0n1 -o - | ssh host 'cat > node.qcow2'
   OS_TOKEN=... OS_IMAGE_ENDPOINT=https://cloud:9292 ironic-snapshot capture /dev/sda --glance-image ID
+  ironic-snapshot capture /dev/sda --os-cloud mycloud --glance-image ID
 
 Glance: create the image first (disk format qcow2 or raw, container format bare); it must be queued. \
-The endpoint and token come from the flags or the usual environment (OS_IMAGE_ENDPOINT, OS_TOKEN); \
-with only OS_AUTH_URL and credentials (OS_USERNAME/OS_PASSWORD or OS_APPLICATION_CREDENTIAL_ID/SECRET) \
-a token and the image endpoint are fetched from Keystone v3. clouds.yaml (OS_CLOUD) is not read. \
+The endpoint and token come from the flags, the usual environment (OS_IMAGE_ENDPOINT, OS_TOKEN) \
+or the clouds.yaml entry named by --os-cloud (OS_CLOUD), in that order of precedence; with only \
+OS_AUTH_URL and credentials (OS_USERNAME/OS_PASSWORD or OS_APPLICATION_CREDENTIAL_ID/SECRET) a token \
+and the image endpoint are fetched from Keystone v3. \
 After the upload, Glance's size, checksum and os_hash_value are checked against the image sent.
 
 Reports: --json prints one JSON object (virtual_size, image_size, bytes_read, sha256, sha512, md5, \

@@ -2,8 +2,9 @@
 //!
 //! Enough for the CLI (and the Python side, if it wants) to upload into a
 //! Keystone-protected Glance when given the usual `OS_AUTH_URL` plus a
-//! password or an application credential: one `POST /v3/auth/tokens`, the
-//! token from `X-Subject-Token`, the endpoint from the returned catalog.
+//! password, an application credential or an existing token (rescoped):
+//! one `POST /v3/auth/tokens`, the token from `X-Subject-Token`, the
+//! endpoint from the returned catalog.
 //! Secrets (password, application credential secret, token) live in
 //! [`Secret`] and never reach a message or a log line.
 
@@ -78,6 +79,12 @@ pub enum Credentials {
         /// The secret.
         secret: Secret,
     },
+    /// An existing token (`OS_TOKEN`, `auth_type: token`), exchanged for a
+    /// new one scoped to the project and carrying the catalog.
+    Token {
+        /// The existing token.
+        token: Secret,
+    },
 }
 
 /// What to authenticate against and as whom.
@@ -87,8 +94,8 @@ pub struct KeystoneAuth {
     pub auth_url: String,
     /// The credentials.
     pub credentials: Credentials,
-    /// Project to scope a password token to (ignored for application
-    /// credentials, which are scoped already).
+    /// Project to scope a password or token authentication to (ignored for
+    /// application credentials, which are scoped already).
     pub project: Named,
     /// Skip TLS certificate verification (test clouds only).
     pub insecure: bool,
@@ -254,9 +261,13 @@ fn request_body(auth: &KeystoneAuth) -> Result<Value> {
             cred["secret"] = json!(secret.expose());
             json!({ "methods": ["application_credential"], "application_credential": cred })
         }
+        Credentials::Token { token } => {
+            json!({ "methods": ["token"], "token": { "id": token.expose() } })
+        }
     };
     let mut body = json!({ "auth": { "identity": identity } });
-    if matches!(auth.credentials, Credentials::Password { .. }) && !auth.project.is_empty() {
+    let scopable = !matches!(auth.credentials, Credentials::ApplicationCredential { .. });
+    if scopable && !auth.project.is_empty() {
         body["auth"]["scope"] = json!({ "project": auth.project.to_json() });
     }
     Ok(body)
@@ -356,6 +367,19 @@ mod tests {
             body["auth"].get("scope").is_none(),
             "application credentials carry their scope"
         );
+    }
+
+    #[test]
+    fn token_body() {
+        let mut auth = password_auth();
+        auth.credentials = Credentials::Token {
+            token: Secret::new("tok-s3cr3t"),
+        };
+        let body = request_body(&auth).unwrap();
+        assert_eq!(body["auth"]["identity"]["methods"][0], "token");
+        assert_eq!(body["auth"]["identity"]["token"]["id"], "tok-s3cr3t");
+        assert_eq!(body["auth"]["scope"]["project"]["name"], "demo");
+        assert!(!format!("{auth:?}").contains("tok-s3cr3t"));
     }
 
     #[test]
