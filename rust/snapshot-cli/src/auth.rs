@@ -673,26 +673,30 @@ fn missing(reason: String) -> Error {
 fn plan(s: &Settings) -> Result<Plan> {
     let insecure = s.get(INSECURE).is_some_and(truthy);
     let ca_file = s.get(CACERT).map(PathBuf::from);
-    let auth_type = match s.get(AUTH_TYPE) {
-        None => None,
-        Some(name) => Some(AuthType::parse(name).ok_or_else(|| Error::InvalidOption {
-            option: "--os-auth-type",
-            reason: format!(
-                "Unsupported auth type {name} (from {}): use password, v3applicationcredential, token or none, \
-                 or give --os-token and --glance-endpoint",
-                s.origin(AUTH_TYPE)
-            ),
-        })?),
-    };
+    // An unknown type matters only once Keystone has to be asked: with a
+    // token and an endpoint given it is not.
+    let auth_type = s
+        .get(AUTH_TYPE)
+        .map(|name| AuthType::parse(name).ok_or(name));
+    let no_auth = auth_type == Some(Ok(AuthType::None));
     let endpoint = s.owned(IMAGE_ENDPOINT);
     // No Keystone, no token: for a Glance without authentication.
-    let token = match auth_type {
-        Some(AuthType::None) => None,
-        _ => s.owned(TOKEN).map(Secret::new),
+    let token = if no_auth {
+        None
+    } else {
+        s.owned(TOKEN).map(Secret::new)
     };
     let mut keystone = None;
-    if auth_type != Some(AuthType::None) && (token.is_none() || endpoint.is_none()) {
+    if !no_auth && (token.is_none() || endpoint.is_none()) {
         if let Some(auth_url) = s.owned(AUTH_URL) {
+            let auth_type = auth_type.transpose().map_err(|name| Error::InvalidOption {
+                option: "--os-auth-type",
+                reason: format!(
+                    "Unsupported auth type {name} (from {}): use password, v3applicationcredential, token \
+                     or none, or give --os-token and --glance-endpoint",
+                    s.origin(AUTH_TYPE)
+                ),
+            })?;
             keystone = Some(KeystoneAuth {
                 auth_url,
                 credentials: credentials(s, auth_type)?,
@@ -709,8 +713,8 @@ fn plan(s: &Settings) -> Result<Plan> {
     }
     if endpoint.is_none() && keystone.is_none() {
         let cloud = s.get(CLOUD);
-        return Err(missing(match (auth_type, cloud) {
-            (Some(AuthType::None), _) => format!(
+        return Err(missing(match (no_auth, cloud) {
+            (true, _) => format!(
                 "Auth type none needs the image endpoint: give {}",
                 IMAGE_ENDPOINT.hint()
             ),
@@ -1095,6 +1099,13 @@ mod tests {
         );
         assert!(err.contains("cloud bad of"), "{err}");
         assert_eq!(err.lines().count(), 1);
+        // As the message says: a token and an endpoint need no Keystone.
+        let p = plan_of(
+            "bad",
+            &[("OS_TOKEN", "t"), ("OS_IMAGE_ENDPOINT", "http://g")],
+        )
+        .unwrap();
+        assert!(p.keystone.is_none() && p.token.is_some());
 
         let err = plan_of("empty", &[]).err().unwrap().to_string();
         assert!(
