@@ -14,7 +14,10 @@
 #   stack post-config  build the IPA ramdisk with the wheel inside, into
 #                      $IRONIC_DEPLOY_KERNEL / $IRONIC_DEPLOY_RAMDISK
 #   stack extra        create the runbook with the snapshot_disk step and the
-#                      queued Glance image it fills; approve the nodes
+#                      queued Glance image it fills (none when
+#                      IRONIC_SNAPSHOT_IMAGE_ID is set empty: the agent's
+#                      configured credential creates one per run); approve
+#                      the nodes
 #   stack test-config  tell tempest the snapshot feature is there
 #   unstack            nothing: the plugin runs no service of its own
 #   clean              remove the built wheel and ramdisk, uninstall
@@ -212,17 +215,23 @@ function configure_ironic_snapshot_runbook {
         return 0
     fi
     IRONIC_SNAPSHOT_GLANCE_ENDPOINT=$(ironic_snapshot_glance_endpoint)
-    if [[ -z $IRONIC_SNAPSHOT_GLANCE_ENDPOINT ]]; then
-        die $LINENO "No Glance endpoint for the runbook: enable glance or set IRONIC_SNAPSHOT_GLANCE_ENDPOINT"
+    # IRONIC_SNAPSHOT_IMAGE_ID set in local.conf: that image, or, set empty,
+    # no image_id in the runbook at all: the step then creates an image per
+    # run with the credential of the agent's [snapshot] configuration (and
+    # finds Glance in the catalog when no endpoint is given).
+    if [[ -z ${IRONIC_SNAPSHOT_IMAGE_ID+set} ]]; then
+        if [[ -z $IRONIC_SNAPSHOT_GLANCE_ENDPOINT ]]; then
+            die $LINENO "No Glance endpoint for the runbook: enable glance or set IRONIC_SNAPSHOT_GLANCE_ENDPOINT"
+        fi
+        # A Glance image is filled once: reuse a queued one, else make one.
+        image_id=$("$(ironic_snapshot_python)" "$IRONIC_SNAPSHOT_DIR/devstack/tools/queued-image" \
+            --os-cloud "$IRONIC_SNAPSHOT_OS_CLOUD" --name "$IRONIC_SNAPSHOT_IMAGE_NAME") ||
+            die $LINENO "Could not find or create the queued Glance image $IRONIC_SNAPSHOT_IMAGE_NAME; see the error above"
+        die_if_not_set $LINENO image_id "Could not create the Glance image $IRONIC_SNAPSHOT_IMAGE_NAME for the runbook"
+        # Read by ironic_snapshot_render_runbook (through compgen), for the file.
+        # shellcheck disable=SC2034
+        IRONIC_SNAPSHOT_IMAGE_ID=$image_id
     fi
-    # A Glance image is filled once: reuse a queued one, else make one.
-    image_id=$("$(ironic_snapshot_python)" "$IRONIC_SNAPSHOT_DIR/devstack/tools/queued-image" \
-        --os-cloud "$IRONIC_SNAPSHOT_OS_CLOUD" --name "$IRONIC_SNAPSHOT_IMAGE_NAME") ||
-        die $LINENO "Could not find or create the queued Glance image $IRONIC_SNAPSHOT_IMAGE_NAME; see the error above"
-    die_if_not_set $LINENO image_id "Could not create the Glance image $IRONIC_SNAPSHOT_IMAGE_NAME for the runbook"
-    # Read by ironic_snapshot_render_runbook (through compgen), for the file.
-    # shellcheck disable=SC2034
-    IRONIC_SNAPSHOT_IMAGE_ID=$image_id
 
     steps=$(mktemp --suffix=.json)
     ironic_snapshot_render_runbook "$IRONIC_SNAPSHOT_RUNBOOK_FILE" "$steps" ||

@@ -8,6 +8,7 @@ against the argsinfo of the real SnapshotHardwareManager.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,19 @@ def test_rendered_runbook_passes_ironic_schemas(tmp_path: Path, clouds: Path, de
     assert name.startswith("CUSTOM_")
 
 
-def test_rendered_runbook_matches_the_step_the_agent_offers(tmp_path: Path, clouds: Path, manager: Any) -> None:
-    _, steps = rendered(tmp_path, clouds, IRONIC_SNAPSHOT_DEVICE="/dev/sda")
+@pytest.mark.parametrize("image_id", [None, ""], ids=["plugin-image", "agent-config-image"])
+def test_rendered_runbook_matches_the_step_the_agent_offers(
+    tmp_path: Path, glance: tuple[GlanceServer, Path], manager: Any, image_id: str | None
+) -> None:
+    server, clouds = glance
+    image_name = f"runbook-target-{tmp_path.name}"
+    env = {"IRONIC_SNAPSHOT_DEVICE": "/dev/sda", "IRONIC_SNAPSHOT_IMAGE_NAME": image_name}
+    if image_id is not None:
+        env["IRONIC_SNAPSHOT_IMAGE_ID"] = image_id
+    r = Harness(tmp_path / "h", env={"OS_CLIENT_CONFIG_FILE": str(clouds)}).run("stack:extra", **env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (create,) = [c for c in r.of("openstack") if "steps" in c]
+    steps = create["steps"]
     (offered,) = manager.SnapshotHardwareManager().get_service_steps({}, [])
     (step,) = steps
     assert (step["interface"], step["step"]) == (offered["interface"], offered["step"])
@@ -73,8 +85,18 @@ def test_rendered_runbook_matches_the_step_the_agent_offers(tmp_path: Path, clou
     assert set(step["args"]) <= set(argsinfo), set(step["args"]) - set(argsinfo)
     required = {k for k, v in argsinfo.items() if v.get("required")}
     assert required <= set(step["args"])
-    assert len(step["args"]["image_id"]) == 36
     assert step["args"]["device"] == "/dev/sda"
+    status, body = server.request("GET", f"/v2/images?name={image_name}")
+    assert status == 200
+    made = [image["id"] for image in json.loads(body)["images"]]
+    if image_id is None:
+        # Unset: the plugin made a queued image and the runbook fills it.
+        assert made == [step["args"]["image_id"]]
+    else:
+        # Set empty: no image in the runbook, none made by the plugin: the
+        # step creates one per run with the agent's configured credential.
+        assert "image_id" not in step["args"]
+        assert made == []
 
 
 def test_runbook_file_holds_no_secret() -> None:
