@@ -32,6 +32,27 @@ fn sh(script: &str) -> String {
     run("bash", &["-euo", "pipefail", "-c", script])
 }
 
+/// The number after `prefix` on the first line of a tool's output that
+/// starts with it (`Block size:` of dumpe2fs, `agcount = ` of xfs_db).
+fn field<T: std::str::FromStr>(out: &str, prefix: &str) -> T {
+    let text = out
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line starts with {prefix:?} in:\n{out}"))
+        .trim();
+    text.parse()
+        .unwrap_or_else(|_| panic!("{prefix:?} is followed by {text:?}, not a number"))
+}
+
+/// `xfs_db -r -c OBJECT -c "p FIELDS" IMG`: fields of one object, read with
+/// [`field`] and the prefix `NAME = `.
+fn xfs_db_print(img_s: &str, object: &str, fields: &str) -> String {
+    run(
+        "xfs_db",
+        &["-r", "-c", object, "-c", &format!("p {fields}"), img_s],
+    )
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -76,18 +97,10 @@ fn ext_image(dir: &Path, name: &str, mib: u64, mkfs_args: &[&str]) -> PathBuf {
 /// planner skips them.
 fn dumpe2fs_unused_itable(img: &Path) -> Vec<Range<u64>> {
     let out = run("dumpe2fs", &[img.to_str().unwrap()]);
-    let field = |name: &str| -> u64 {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (bs, ipg, isize) = (
-        field("Block size:"),
-        field("Inodes per group:"),
-        field("Inode size:"),
+    let (bs, ipg, isize): (u64, u64, u64) = (
+        field(&out, "Block size:"),
+        field(&out, "Inodes per group:"),
+        field(&out, "Inode size:"),
     );
     let mut skip = Vec::new();
     let mut table: Option<Range<u64>> = None;
@@ -145,16 +158,8 @@ fn ext_expected_blocks(img: &Path, free: &[Range<u64>], blocks: u64) -> Vec<Rang
 /// Blocks `dumpe2fs` lists free, as a sorted list of block ranges.
 fn dumpe2fs_free(img: &Path) -> (u64, u64, Vec<Range<u64>>) {
     let out = run("dumpe2fs", &[img.to_str().unwrap()]);
-    let field = |name: &str| -> u64 {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("dumpe2fs prints no {name}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let block_size = field("Block size:");
-    let blocks = field("Block count:");
+    let block_size = field(&out, "Block size:");
+    let blocks = field(&out, "Block count:");
     let mut free = Vec::new();
     for line in out.lines() {
         let Some(list) = line.strip_prefix("  Free blocks: ") else {
@@ -474,26 +479,13 @@ fn xfs_image(dir: &Path, name: &str, mib: u64, mkfs_args: &[&str], dirty: bool) 
 /// counts them free; the planner keeps them, as they are not in the btrees).
 fn xfs_free(img: &Path) -> (u64, u64, u64, Vec<Range<u64>>) {
     let img_s = img.to_str().unwrap();
-    let geo = run(
-        "xfs_db",
-        &[
-            "-r",
-            "-c",
-            "sb 0",
-            "-c",
-            "p blocksize agblocks dblocks",
-            img_s,
-        ],
+    let geo = xfs_db_print(img_s, "sb 0", "blocksize agblocks dblocks agcount");
+    let (bs, agblocks, dblocks, agcount): (u64, u64, u64, u64) = (
+        field(&geo, "blocksize = "),
+        field(&geo, "agblocks = "),
+        field(&geo, "dblocks = "),
+        field(&geo, "agcount = "),
     );
-    let val = |name: &str| -> u64 {
-        geo.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (bs, agblocks, dblocks) = (val("blocksize"), val("agblocks"), val("dblocks"));
     let out = run("xfs_db", &["-r", "-c", "freesp -d", img_s]);
     let mut free = Vec::new();
     for line in out.lines() {
@@ -506,36 +498,10 @@ fn xfs_free(img: &Path) -> (u64, u64, u64, Vec<Range<u64>>) {
             free.push(start..start + len);
         }
     }
-    let agcount = {
-        let out = run("xfs_db", &["-r", "-c", "sb 0", "-c", "p agcount", img_s]);
-        out.trim()
-            .strip_prefix("agcount = ")
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
     let mut agfl = Vec::new();
     for ag in 0..agcount {
-        let agf = run(
-            "xfs_db",
-            &[
-                "-r",
-                "-c",
-                &format!("agf {ag}"),
-                "-c",
-                "p flfirst flcount",
-                img_s,
-            ],
-        );
-        let num = |name: &str| -> usize {
-            agf.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} = ")))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        let (first, count) = (num("flfirst"), num("flcount"));
+        let agf = xfs_db_print(img_s, &format!("agf {ag}"), "flfirst flcount");
+        let (first, count): (usize, usize) = (field(&agf, "flfirst = "), field(&agf, "flcount = "));
         let list = run(
             "xfs_db",
             &["-r", "-c", &format!("agfl {ag}"), "-c", "p bno", img_s],
@@ -659,6 +625,14 @@ fn assemble(disk: &Path, size_mib: u64, table: &str, parts: &[(u32, &Path)]) {
     }
 }
 
+/// A swap area of `size` (`32M`) made by mkswap.
+fn swap_image(dir: &Path, size: &str) -> PathBuf {
+    let swap = dir.join("swap");
+    run("truncate", &["-s", size, swap.to_str().unwrap()]);
+    run("mkswap", &["-q", swap.to_str().unwrap()]);
+    swap
+}
+
 fn report_of(plan: &DiskPlan, number: u32) -> &PartitionReport {
     plan.partitions.iter().find(|p| p.number == number).unwrap()
 }
@@ -667,9 +641,7 @@ fn report_of(plan: &DiskPlan, number: u32) -> &PartitionReport {
 fn gpt_disk_with_boot_swap_and_ext4() {
     let dir = tempfile::tempdir().unwrap();
     let ext = ext_image(dir.path(), "root.ext4", 96, &["-t", "ext4"]);
-    let swap = dir.path().join("swap");
-    run("truncate", &["-s", "32M", swap.to_str().unwrap()]);
-    run("mkswap", &["-q", swap.to_str().unwrap()]);
+    let swap = swap_image(dir.path(), "32M");
     let disk = dir.path().join("gpt.img");
     assemble(
         &disk,
@@ -749,9 +721,7 @@ fn mbr_disk_with_logical_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let ext = ext_image(dir.path(), "l.ext4", 64, &["-t", "ext4"]);
     let ext2 = ext_image(dir.path(), "p.ext2", 40, &["-t", "ext2"]);
-    let swap = dir.path().join("swap");
-    run("truncate", &["-s", "16M", swap.to_str().unwrap()]);
-    run("mkswap", &["-q", swap.to_str().unwrap()]);
+    let swap = swap_image(dir.path(), "16M");
     let disk = dir.path().join("mbr.img");
     assemble(
         &disk,
@@ -959,10 +929,8 @@ fn gpt_with_4096_byte_sectors() {
     assert!(is_root(), "this test creates a loop device: run it as root");
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("4kn.img");
-    let swap = dir.path().join("swap");
+    let swap = swap_image(dir.path(), "32M");
     run("truncate", &["-s", "64M", disk.to_str().unwrap()]);
-    run("truncate", &["-s", "32M", swap.to_str().unwrap()]);
-    run("mkswap", &["-q", swap.to_str().unwrap()]);
     sh(&format!(
         "dev=$(losetup --find --show -b 4096 {0}); trap 'losetup -d $dev' EXIT; \
          sgdisk -o -n1:256:+8M -t1:ef00 -n2:0:+32M -t2:8200 $dev > /dev/null; \
@@ -1021,10 +989,14 @@ fn gpt_with_entries(size: u64, entries: &[(u64, u64, u8)], num: u32, esize: u32)
     disk
 }
 
+/// A filesystem image, its plan, and the byte ranges of its metadata that
+/// the mutation tests corrupt.
+type Fixture = (Vec<u8>, DiskPlan, Vec<Range<usize>>);
+
 /// A small ext4 image (metadata_csum) and its plan, made once, with the
 /// byte ranges of its metadata: superblock, descriptors, block bitmaps.
-fn ext4_fixture() -> &'static (Vec<u8>, DiskPlan, Vec<Range<usize>>) {
-    static FIXTURE: OnceLock<(Vec<u8>, DiskPlan, Vec<Range<usize>>)> = OnceLock::new();
+fn ext4_fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let img = ext_image(
@@ -1054,8 +1026,8 @@ fn ext4_fixture() -> &'static (Vec<u8>, DiskPlan, Vec<Range<usize>>) {
 
 /// A small XFS image (v5, CRCs) and its plan, with the byte ranges of its
 /// metadata: superblock, every AGF and free-space btree root, the log start.
-fn xfs_fixture() -> &'static (Vec<u8>, DiskPlan, Vec<Range<usize>>) {
-    static FIXTURE: OnceLock<(Vec<u8>, DiskPlan, Vec<Range<usize>>)> = OnceLock::new();
+fn xfs_fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("fuzz.xfs");
@@ -1110,6 +1082,39 @@ fn covers(outer: &[Range<u64>], inner: &[Range<u64>]) -> bool {
     inner
         .iter()
         .all(|r| outer.iter().any(|o| o.start <= r.start && r.end <= o.end))
+}
+
+/// One flip of a metadata byte: which hot range, where in it, which bits.
+type Edit = (prop::sample::Index, prop::sample::Index, u8);
+
+/// One to three flips, each of at least one bit.
+fn metadata_edits() -> impl Strategy<Value = Vec<Edit>> {
+    proptest::collection::vec(
+        (
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+            1u8..,
+        ),
+        1..4,
+    )
+}
+
+/// Flips `edits` in the metadata of `fixture` and checks that the plan is
+/// well formed and still reads at least what the filesystem uses.
+fn check_mutated(fixture: &Fixture, edits: &[Edit]) -> Result<(), TestCaseError> {
+    let (image, truth, hot) = fixture;
+    let edits = edits
+        .iter()
+        .map(|(region, at, flip)| {
+            let r = &hot[region.index(hot.len())];
+            (r.start + at.index(r.len()), *flip)
+        })
+        .collect();
+    let size = image.len() as u64;
+    let plan = plan(&Flipped { base: image, edits }, size);
+    assert_well_formed(&plan, size);
+    prop_assert!(covers(&plan.ranges, &truth.ranges), "{:?}", plan.partitions);
+    Ok(())
 }
 
 proptest! {
@@ -1173,39 +1178,17 @@ proptest! {
 
     #[test]
     fn mutated_ext4_metadata_never_skips_data(
-        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 1u8..), 1..4),
+        edits in metadata_edits(),
     ) {
         // Any corruption of superblock, descriptors or bitmaps either is caught
         // (whole copy) or leaves the plan reading at least what is in use.
-        let (image, truth, hot) = ext4_fixture();
-        let edits = edits
-            .iter()
-            .map(|(region, at, flip)| {
-                let r = &hot[region.index(hot.len())];
-                (r.start + at.index(r.len()), *flip)
-            })
-            .collect();
-        let size = image.len() as u64;
-        let plan = plan(&Flipped { base: image, edits }, size);
-        assert_well_formed(&plan, size);
-        prop_assert!(covers(&plan.ranges, &truth.ranges), "{:?}", plan.partitions);
+        check_mutated(ext4_fixture(), &edits)?;
     }
 
     #[test]
     fn mutated_xfs_metadata_never_skips_data(
-        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 1u8..), 1..4),
+        edits in metadata_edits(),
     ) {
-        let (image, truth, hot) = xfs_fixture();
-        let edits = edits
-            .iter()
-            .map(|(region, at, flip)| {
-                let r = &hot[region.index(hot.len())];
-                (r.start + at.index(r.len()), *flip)
-            })
-            .collect();
-        let size = image.len() as u64;
-        let plan = plan(&Flipped { base: image, edits }, size);
-        assert_well_formed(&plan, size);
-        prop_assert!(covers(&plan.ranges, &truth.ranges), "{:?}", plan.partitions);
+        check_mutated(xfs_fixture(), &edits)?;
     }
 }
