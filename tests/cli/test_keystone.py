@@ -49,6 +49,14 @@ def image_record(glance: GlanceServer, token: str, image_id: str) -> dict:
     return json.loads(raw)
 
 
+def create_app_credential(keystone: KeystoneServer, user: str, token: str, name: str) -> dict:
+    """A new application credential of ``user`` (its id and secret among the fields)."""
+    status, _, raw = keystone.request("POST", f"/v3/users/{user}/application_credentials",
+                                      {"application_credential": {"name": name}}, token=token)
+    assert status == 201, raw
+    return json.loads(raw)["application_credential"]
+
+
 def capture(cli_binary: Path, source: Path, image_id: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(cli_binary), "capture", str(source), "--glance-image", image_id,
                            "--format", "raw", "--json"], capture_output=True, env=env, timeout=300)
@@ -78,10 +86,7 @@ def test_password_auth_finds_endpoint_in_catalog(cli_binary: Path, cloud, source
 def test_application_credential(cli_binary: Path, cloud, source: Path) -> None:
     keystone, glance, user = cloud
     token = keystone.password_token("carol", PASSWORD, project="snap")
-    status, _, raw = keystone.request("POST", f"/v3/users/{user}/application_credentials",
-                                      {"application_credential": {"name": "cli-test"}}, token=token)
-    assert status == 201, raw
-    credential = json.loads(raw)["application_credential"]
+    credential = create_app_credential(keystone, user, token, "cli-test")
     image_id = create_image(glance, token)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env.update(OS_AUTH_URL=keystone.auth_url, OS_APPLICATION_CREDENTIAL_ID=credential["id"],
@@ -176,10 +181,7 @@ def test_clouds_yaml_in_working_folder_with_secure_yaml(cli_binary: Path, cloud,
     """./clouds.yaml holds the application credential's id, ./secure.yaml its secret; --os-cloud names it."""
     keystone, glance, user = cloud
     token = keystone.password_token("carol", PASSWORD, project="snap")
-    status, _, raw = keystone.request("POST", f"/v3/users/{user}/application_credentials",
-                                      {"application_credential": {"name": "cli-yaml"}}, token=token)
-    assert status == 201, raw
-    credential = json.loads(raw)["application_credential"]
+    credential = create_app_credential(keystone, user, token, "cli-yaml")
     image_id = create_image(glance, token)
     (tmp_path / "clouds.yaml").write_text(
         "clouds:\n"

@@ -891,6 +891,14 @@ mod tests {
         gather(flags, &env_of(vars), search)
     }
 
+    /// The message of the error `gather_with` must fail with.
+    fn gather_err(flags: &Flags, vars: &[(&str, &str)], search: &SearchPath) -> String {
+        match gather_with(flags, vars, search) {
+            Ok(_) => panic!("gathering succeeded where it must fail"),
+            Err(err) => err.to_string(),
+        }
+    }
+
     #[test]
     fn first_clouds_file_in_search_order_wins() {
         let place = Place::new();
@@ -923,10 +931,7 @@ mod tests {
         // later file is not found (as openstacksdk does).
         let env = [("OS_CLOUD", "elsewhere")];
         place.write(2, "clouds.json", &cloud("elsewhere", "http://x/v3"));
-        let err = gather_with(&Flags::default(), &env, &search)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = gather_err(&Flags::default(), &env, &search);
         assert!(err.contains("Cloud elsewhere is not in"), "{err}");
         assert!(err.contains("clouds found: lab"), "{err}");
         assert!(err.contains("other.yaml"), "{err}");
@@ -1031,10 +1036,7 @@ mod tests {
 
         // The flag also names the cloud, over OS_CLOUD.
         let given = flags(&[("os-cloud", "nowhere")]);
-        let err = gather_with(&given, &env, &place.search())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = gather_err(&given, &env, &place.search());
         assert!(err.contains("Cloud nowhere is not in"), "{err}");
 
         // Without a cloud named, no file is read at all.
@@ -1123,27 +1125,18 @@ mod tests {
             "clouds.yaml",
             "clouds:\n  lab:\n    auth:\n      password: pw-s3cr3t\n     username: [broken\n",
         );
-        let err = gather_with(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = gather_err(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search());
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(err.contains("line 5"), "{err}");
         assert!(!err.contains("pw-s3cr3t"), "{err}");
         assert_eq!(err.lines().count(), 1);
 
         place.write(1, "clouds.yaml", "- just\n- a list\n");
-        let err = gather_with(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = gather_err(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search());
         assert!(err.contains("holds no mapping"), "{err}");
 
         fs::remove_file(place.dirs[1].join("clouds.yaml")).unwrap();
-        let err = gather_with(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = gather_err(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search());
         assert!(
             err.starts_with("Invalid option --os-cloud: No clouds.yaml found for cloud lab"),
             "{err}"
@@ -1152,10 +1145,7 @@ mod tests {
 
         // A folder where a file should be: unreadable, said with its path.
         fs::create_dir(place.dirs[0].join("clouds.yaml")).unwrap();
-        let err = gather_with(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = gather_err(&Flags::default(), &[("OS_CLOUD", "lab")], &place.search());
         assert!(
             err.contains("Cannot read") && err.contains("cwd/clouds.yaml"),
             "{err}"
