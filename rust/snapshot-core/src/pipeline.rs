@@ -1,7 +1,7 @@
 //! The read -> zero-check/compress -> ordered-consume pipeline.
 //!
-//! One reader thread reads batches of consecutive clusters into buffers from
-//! a fixed pool; a pool of workers zero-checks and compresses them, out of
+//! A pool of workers each take the next batch of consecutive clusters, read
+//! it into a buffer from a fixed pool, zero-check and compress it, out of
 //! order; the calling thread receives the batches back in order and hands
 //! them to a consumer (the layout writer), then returns the buffers to the
 //! pool. The pool's size bounds the memory in flight, whatever the disk size.
@@ -229,8 +229,41 @@ fn read_batch(input: &Input<'_>, cs: u64, batch: &mut Batch) -> Result<()> {
     Ok(())
 }
 
+/// Hands out the batches of the runs in disk order, each with its sequence
+/// number, to whichever worker asks next.
+struct Cursor<'a> {
+    runs: std::slice::Iter<'a, Range<u64>>,
+    /// Clusters of the current run still to hand out.
+    current: Range<u64>,
+    per_batch: u64,
+    seq: u64,
+}
+
+impl Cursor<'_> {
+    /// The next batch: `(sequence number, first cluster, cluster count)`.
+    fn next(&mut self) -> Option<(u64, u64, usize)> {
+        while self.current.is_empty() {
+            self.current = self.runs.next()?.clone();
+        }
+        let first = self.current.start;
+        let count = self.per_batch.min(self.current.end - first);
+        self.current.start += count;
+        let seq = self.seq;
+        self.seq += 1;
+        Some((seq, first, count as usize))
+    }
+}
+
 /// Runs the pipeline over `input`, calling `consume` with each batch in
 /// disk order. Stops at the first error of any stage, or when cancelled.
+///
+/// Every worker reads its own batches: reading copies from the page cache
+/// (or waits for the disk), and one reader thread could not keep several
+/// workers busy through long stretches of zeros, where checking is much
+/// faster than reading. Several reads in flight also suit disks with deep
+/// queues (NVMe). A worker claims a batch number only once it holds a
+/// buffer, so the batch the consumer waits for is always being worked on
+/// and the bounded pool cannot deadlock.
 pub(crate) fn run(
     input: &Input<'_>,
     settings: &Settings,
@@ -239,12 +272,18 @@ pub(crate) fn run(
     let cs = u64::from(settings.cluster_size);
     let threads = settings.threads.max(1);
     let per_batch = (BATCH_BYTES / cs).max(1) as usize;
-    // Enough batches for every worker to hold one, the reader to fill one
-    // and the consumer to drain a few out of order.
+    // Enough batches for every worker to hold one and the consumer to
+    // drain a few out of order.
     let pool = 2 * threads + 2;
     // The scratch buffer holds one compressed cluster; output longer than
     // this is not worth storing compressed.
     let limit = settings.cluster_size as usize - 1;
+    let cursor = std::sync::Mutex::new(Cursor {
+        runs: input.runs.iter(),
+        current: 0..0,
+        per_batch: per_batch as u64,
+        seq: 0,
+    });
 
     std::thread::scope(|scope| {
         let (free_tx, free_rx) = bounded::<Batch>(pool);
@@ -261,40 +300,12 @@ pub(crate) fn run(
                 .send(batch)
                 .map_err(|_| Error::Internal("Batch pool closed".into()))?;
         }
-        let (job_tx, job_rx) = bounded::<(u64, Batch)>(pool);
         let (done_tx, done_rx) = bounded::<(u64, Result<Batch>)>(pool);
 
-        let reader = std::thread::Builder::new()
-            .name("capture-read".into())
-            .spawn_scoped(scope, move || -> Result<()> {
-                let mut seq = 0u64;
-                for run in input.runs {
-                    let mut first = run.start;
-                    while first < run.end {
-                        if cancelled(input.cancel) {
-                            return Err(Error::Cancelled);
-                        }
-                        // The consumer dropped the pool: it stopped, and says why.
-                        let Ok(mut batch) = free_rx.recv() else {
-                            return Ok(());
-                        };
-                        batch.first = first;
-                        batch.count = per_batch.min((run.end - first) as usize);
-                        read_batch(input, cs, &mut batch)?;
-                        first += batch.count as u64;
-                        if job_tx.send((seq, batch)).is_err() {
-                            return Ok(());
-                        }
-                        seq += 1;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|err| Error::Internal(format!("Cannot start the reader thread: {err}")))?;
-
         for n in 0..threads {
-            let job_rx = job_rx.clone();
+            let free_rx = free_rx.clone();
             let done_tx = done_tx.clone();
+            let cursor = &cursor;
             std::thread::Builder::new()
                 .name(format!("capture-work-{n}"))
                 .spawn_scoped(scope, move || {
@@ -307,55 +318,72 @@ pub(crate) fn run(
                         }
                     };
                     let mut scratch = vec![0u8; limit];
-                    for (seq, mut batch) in job_rx {
-                        let result = process(&mut batch, &mut compressor, &mut scratch, settings)
-                            .map(|()| batch);
-                        if done_tx.send((seq, result)).is_err() {
+                    // The consumer dropped the pool: it stopped, and says why.
+                    while let Ok(mut batch) = free_rx.recv() {
+                        let claimed = cursor
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .next();
+                        let Some((seq, first, count)) = claimed else {
+                            return;
+                        };
+                        let result = if cancelled(input.cancel) {
+                            Err(Error::Cancelled)
+                        } else {
+                            batch.first = first;
+                            batch.count = count;
+                            read_batch(input, cs, &mut batch)
+                                .and_then(|()| {
+                                    process(&mut batch, &mut compressor, &mut scratch, settings)
+                                })
+                                .map(|()| batch)
+                        };
+                        let failed = result.is_err();
+                        if done_tx.send((seq, result)).is_err() || failed {
                             return;
                         }
                     }
                 })
                 .map_err(|err| Error::Internal(format!("Cannot start a worker thread: {err}")))?;
         }
-        drop(job_rx);
+        drop(free_rx);
         drop(done_tx);
 
-        // Consume in order; the channel ends when the reader and all workers
-        // are done (or gave up).
-        let consumed = (|| -> Result<()> {
-            let free_tx = free_tx;
-            let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
-            let mut next = 0u64;
-            for (seq, result) in done_rx {
-                waiting.insert(seq, result?);
-                while let Some(batch) = waiting.remove(&next) {
-                    if cancelled(input.cancel) {
-                        return Err(Error::Cancelled);
-                    }
-                    consume(&batch)?;
-                    next += 1;
-                    // The reader may have stopped already; the batch is then
-                    // simply dropped.
-                    let _ = free_tx.send(batch);
+        // Consume in order; the channel ends when all workers are done (or
+        // gave up). The first error in disk order wins: a short read explains
+        // everything after it.
+        let free_tx = free_tx;
+        let mut waiting: BTreeMap<u64, Result<Batch>> = BTreeMap::new();
+        let mut next = 0u64;
+        for (seq, result) in done_rx {
+            if seq == u64::MAX {
+                // A worker could not start.
+                return Err(result
+                    .err()
+                    .unwrap_or_else(|| Error::Internal("A worker could not start".into())));
+            }
+            waiting.insert(seq, result);
+            while let Some(result) = waiting.remove(&next) {
+                let batch = result?;
+                if cancelled(input.cancel) {
+                    return Err(Error::Cancelled);
                 }
+                consume(&batch)?;
+                next += 1;
+                // Workers may have stopped already; the batch is then
+                // simply dropped.
+                let _ = free_tx.send(batch);
             }
-            if waiting.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::Internal(
-                    "Batches were lost between the workers and the writer".into(),
-                ))
-            }
-        })();
-        let read = reader
-            .join()
-            .unwrap_or_else(|_| Err(Error::Internal("The reader thread panicked".into())));
-        // The reader's error explains a short stream; the consumer's own
-        // error comes first otherwise.
-        match (consumed, read) {
-            (Err(err), Ok(())) => Err(err),
-            (_, Err(err)) => Err(err),
-            (Ok(()), Ok(())) => Ok(()),
+        }
+        if let Some((_, Err(err))) = waiting.pop_first() {
+            return Err(err);
+        }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Internal(
+                "Batches were lost between the workers and the writer".into(),
+            ))
         }
     })
 }
