@@ -768,6 +768,13 @@ fn credentials(s: &Settings, auth_type: Option<AuthType>) -> Result<Credentials>
             .map(Secret::new)
             .ok_or_else(|| missing(format!("{what}: give {}", setting.hint())))
     };
+    if kind == AuthType::Password && user.is_empty() {
+        return Err(missing(format!(
+            "Password authentication needs a user: give {}, or {}",
+            USERNAME.hint(),
+            USER_ID.hint()
+        )));
+    }
     Ok(match kind {
         AuthType::Password => Credentials::Password {
             user,
@@ -1166,7 +1173,11 @@ mod tests {
             "{err}"
         );
         let s = gather_with(
-            &flags(&[("os-auth-type", "password"), ("os-auth-url", "http://k/v3")]),
+            &flags(&[
+                ("os-auth-type", "password"),
+                ("os-auth-url", "http://k/v3"),
+                ("os-username", "u"),
+            ]),
             &[],
             &SearchPath::default(),
         )
@@ -1178,6 +1189,15 @@ mod tests {
             ),
             "{err}"
         );
+        let s = gather_with(
+            &flags(&[("os-password", "p"), ("os-auth-url", "http://k/v3")]),
+            &[],
+            &SearchPath::default(),
+        )
+        .unwrap();
+        let err = plan(&s).err().unwrap().to_string();
+        assert!(err.contains("needs a user: give --os-username or OS_USERNAME (clouds.yaml: auth.username), or --os-user-id"), "{err}");
+        assert!(!err.contains("=p"), "{err}");
         let s = gather_with(&Flags::default(), &[], &SearchPath::default()).unwrap();
         let err = plan(&s).err().unwrap().to_string();
         assert!(
