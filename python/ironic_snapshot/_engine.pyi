@@ -14,7 +14,7 @@ VERSION: Final[str]
 class ProgressUpdate(TypedDict):
     """What the progress callback receives."""
 
-    phase: Literal["scanning", "sizing", "writing", "verifying"]
+    phase: Literal["scanning", "sizing", "writing", "sending", "digesting", "verifying"]
     done: int
     total: int
     written: int

@@ -76,6 +76,8 @@ fn render(update: &ProgressUpdate, elapsed: Duration) -> String {
         Phase::Scanning => "scanning",
         Phase::Sizing => "sizing",
         Phase::Writing => "writing",
+        Phase::Sending => "sending",
+        Phase::Digesting => "digesting",
         Phase::Verifying => "verifying",
     };
     let percent = if update.total > 0 {

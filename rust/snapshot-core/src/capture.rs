@@ -307,6 +307,17 @@ impl Job<'_> {
         });
     }
 
+    /// Reports progress through the image itself: `done` of `total` image
+    /// bytes sent or digested, `written` of them emitted.
+    fn update_image(&self, phase: Phase, done: u64, total: u64, written: u64) {
+        self.progress.update(&ProgressUpdate {
+            phase,
+            done: done.min(total),
+            total,
+            written,
+        });
+    }
+
     /// Finds the clusters worth reading: data of a sparse file (holes are
     /// zeros), intersected with the free-space plan when asked for.
     fn scan(&self) -> Result<Scan> {
@@ -467,6 +478,7 @@ impl Job<'_> {
             digester.update(Piece::new(buf.clone(), len))?;
             recycler.keep(buf);
             offset += len as u64;
+            self.update_image(Phase::Digesting, offset, size, size);
         }
         digester.finish()
     }
@@ -515,10 +527,11 @@ impl Job<'_> {
                     bytes = spool.written - cs,
                     "Data fit the memory limit: one pass"
                 );
+                let image_size = layout.image_size();
                 for chunk in chunks {
                     self.cancelled()?;
                     out.emit_chunk(chunk)?;
-                    self.update(Phase::Writing, self.disk.size(), out.written);
+                    self.update_image(Phase::Sending, out.written, image_size, out.written);
                 }
                 1
             } else {

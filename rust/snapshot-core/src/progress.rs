@@ -12,8 +12,15 @@ pub enum Phase {
     /// Reading and compressing to learn the image's layout (forward-only sinks
     /// whose spool overflowed only).
     Sizing,
-    /// Reading, compressing and writing the image.
+    /// Reading, compressing and writing the image (for forward-only sinks:
+    /// compressing into the in-memory spool, or the second pass).
     Writing,
+    /// Sending the spooled image to a forward-only sink (standard output,
+    /// Glance). `done` and `total` count image bytes.
+    Sending,
+    /// Reading a written image file back for its digests. `done` and
+    /// `total` count image bytes.
+    Digesting,
     /// Checking what storage reports against the report.
     Verifying,
 }
@@ -23,9 +30,11 @@ pub enum Phase {
 pub struct ProgressUpdate {
     /// Current phase.
     pub phase: Phase,
-    /// Guest bytes processed so far in this phase (zeros and holes included).
+    /// Guest bytes processed so far in this phase (zeros and holes
+    /// included); image bytes in [`Phase::Sending`] and [`Phase::Digesting`].
     pub done: u64,
-    /// Guest bytes this phase will process in all.
+    /// Guest bytes this phase will process in all; image bytes in
+    /// [`Phase::Sending`] and [`Phase::Digesting`].
     pub total: u64,
     /// Image bytes emitted so far.
     pub written: u64,

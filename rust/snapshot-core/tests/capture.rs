@@ -442,19 +442,24 @@ fn invalid_options_are_refused_before_reading() {
     assert!(matches!(err, Error::SourceNotFound { .. }), "{err}");
 }
 
-/// Progress reaches the whole disk and reports what was written.
+/// Progress reaches the whole disk while writing, then follows the image
+/// as it is read back for its digests.
 #[test]
 fn progress_is_reported() {
     let dirs = dirs();
     let source = path_in(&dirs.source, "mixed");
     mixed_source(&source);
     let image = path_in(&dirs.output, "progress.qcow2");
+    let last_writing = std::sync::Mutex::new(None::<ProgressUpdate>);
     let last = std::sync::Mutex::new(None::<ProgressUpdate>);
     let phases = std::sync::Mutex::new(Vec::new());
     let progress = |update: &ProgressUpdate| {
         let mut p = phases.lock().unwrap();
         if p.last() != Some(&update.phase) {
             p.push(update.phase);
+        }
+        if update.phase == Phase::Writing {
+            *last_writing.lock().unwrap() = Some(update.clone());
         }
         *last.lock().unwrap() = Some(update.clone());
     };
@@ -469,12 +474,16 @@ fn progress_is_reported() {
         &progress,
     )
     .unwrap();
-    let last = last.lock().unwrap().clone().unwrap();
     assert_eq!(
         *phases.lock().unwrap(),
-        vec![Phase::Scanning, Phase::Writing]
+        vec![Phase::Scanning, Phase::Writing, Phase::Digesting]
     );
-    assert_eq!(last.total, std::fs::metadata(&source).unwrap().len());
+    let writing = last_writing.lock().unwrap().clone().unwrap();
+    assert_eq!(writing.total, std::fs::metadata(&source).unwrap().len());
+    assert_eq!(writing.done, writing.total);
+    assert_eq!(writing.written, report.image_size);
+    let last = last.lock().unwrap().clone().unwrap();
+    assert_eq!(last.total, report.image_size);
     assert_eq!(last.done, last.total);
     assert_eq!(last.written, report.image_size);
     assert!(last.written > 0);

@@ -58,6 +58,8 @@ impl CallbackProgress {
             Phase::Scanning => "scanning",
             Phase::Sizing => "sizing",
             Phase::Writing => "writing",
+            Phase::Sending => "sending",
+            Phase::Digesting => "digesting",
             Phase::Verifying => "verifying",
         }
     }
