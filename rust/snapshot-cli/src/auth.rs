@@ -604,7 +604,7 @@ impl CloudEntry {
         }
         // The file is not expanded by a shell: `cacert: ~/ca.pem` is common.
         for (setting, value) in &mut out {
-            if std::ptr::eq(*setting, CACERT)
+            if setting.flag == CACERT.flag
                 && let (Some(rest), Some(home)) = (value.strip_prefix("~/"), env("HOME"))
             {
                 *value = Path::new(&home).join(rest).display().to_string();
