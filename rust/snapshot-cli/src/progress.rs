@@ -72,14 +72,7 @@ impl Progress for TerminalProgress {
 
 /// The text of one progress line.
 fn render(update: &ProgressUpdate, elapsed: Duration) -> String {
-    let phase = match update.phase {
-        Phase::Scanning => "scanning",
-        Phase::Sizing => "sizing",
-        Phase::Writing => "writing",
-        Phase::Sending => "sending",
-        Phase::Digesting => "digesting",
-        Phase::Verifying => "verifying",
-    };
+    let phase = update.phase.name();
     let percent = if update.total > 0 {
         (update.done as f64 / update.total as f64 * 100.0).min(100.0)
     } else {

@@ -25,6 +25,21 @@ pub enum Phase {
     Verifying,
 }
 
+impl Phase {
+    /// The phase's name as front ends show it: `scanning`, `sizing`,
+    /// `writing`, `sending`, `digesting`, `verifying`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Scanning => "scanning",
+            Phase::Sizing => "sizing",
+            Phase::Writing => "writing",
+            Phase::Sending => "sending",
+            Phase::Digesting => "digesting",
+            Phase::Verifying => "verifying",
+        }
+    }
+}
+
 /// One progress update.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProgressUpdate {

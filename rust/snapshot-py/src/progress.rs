@@ -52,17 +52,6 @@ impl CallbackProgress {
             .map(|mut slot| slot.take())
             .unwrap_or(None)
     }
-
-    fn phase_name(phase: Phase) -> &'static str {
-        match phase {
-            Phase::Scanning => "scanning",
-            Phase::Sizing => "sizing",
-            Phase::Writing => "writing",
-            Phase::Sending => "sending",
-            Phase::Digesting => "digesting",
-            Phase::Verifying => "verifying",
-        }
-    }
 }
 
 impl Progress for CallbackProgress {
@@ -96,7 +85,7 @@ impl Progress for CallbackProgress {
         }
         let outcome = Python::attach(|py| -> PyResult<()> {
             let dict = PyDict::new(py);
-            dict.set_item("phase", Self::phase_name(update.phase))?;
+            dict.set_item("phase", update.phase.name())?;
             dict.set_item("done", update.done)?;
             dict.set_item("total", update.total)?;
             dict.set_item("written", update.written)?;
