@@ -406,6 +406,25 @@ impl Job<'_> {
         Ok(())
     }
 
+    /// Packs one batch into an image being emitted and reports how far
+    /// writing got.
+    fn write_batch(
+        &self,
+        batch: &Batch,
+        packer: &mut Packer,
+        out: &mut Emitter<'_>,
+        counts: &mut ClusterCounts,
+    ) -> Result<()> {
+        self.pack(batch, packer, out, counts)?;
+        let cs = u64::from(self.settings.cluster_size);
+        self.update(
+            Phase::Writing,
+            (batch.first + batch.count as u64) * cs,
+            out.written,
+        );
+        Ok(())
+    }
+
     fn guest_clusters(&self) -> u64 {
         self.disk
             .size()
@@ -433,13 +452,7 @@ impl Job<'_> {
         let mut packer = Packer::new(self.layout());
         let mut counts = ClusterCounts::default();
         self.pipeline(scan, &self.settings, &mut |batch| {
-            self.pack(batch, &mut packer, &mut out, &mut counts)?;
-            self.update(
-                Phase::Writing,
-                (batch.first + batch.count as u64) * cs,
-                out.written,
-            );
-            Ok(())
+            self.write_batch(batch, &mut packer, &mut out, &mut counts)
         })?;
         self.cancelled()?;
         let layout = packer.finish(&mut out)?;
@@ -554,13 +567,7 @@ impl Job<'_> {
                         }
                         next += 1;
                     }
-                    self.pack(batch, &mut packer, &mut out, &mut again)?;
-                    self.update(
-                        Phase::Writing,
-                        (batch.first + batch.count as u64) * cs,
-                        out.written,
-                    );
-                    Ok(())
+                    self.write_batch(batch, &mut packer, &mut out, &mut again)
                 })?;
                 self.cancelled()?;
                 let second = packer.finish(&mut out)?;

@@ -103,15 +103,13 @@ pub struct GlanceSink {
 /// first); [`Error::ImageNotQueued`] when the image already holds data or is
 /// being filled; [`Error::Connection`] when Glance cannot be reached.
 pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
-    let api = api_base(&target.endpoint)?;
-    check_image_id(&target.image_id)?;
-    let token = token_header(target)?;
-    let tls = TlsOptions {
-        insecure: target.insecure,
-        ca_file: target.ca_file.as_deref(),
-    };
-    let meta_client = http::client_for(&tls, Some(API_TIMEOUT), http::url_host(&api).as_deref())?;
-    let image = get_image(&meta_client, &api, &target.image_id, token.as_ref())?;
+    let Lookup {
+        api,
+        token,
+        tls,
+        client: meta_client,
+        image,
+    } = look_up(target)?;
     let status = image
         .get("status")
         .and_then(|v| v.as_str())
@@ -145,6 +143,39 @@ pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
         tx: Some(tx),
         worker: Some(worker),
         pending: Vec::with_capacity(CHUNK),
+    })
+}
+
+/// A target image as Glance's API shows it, with what it took to ask.
+struct Lookup<'a> {
+    /// The API base URL (ending in `/v2`).
+    api: String,
+    token: Option<HeaderValue>,
+    tls: TlsOptions<'a>,
+    /// A client for short API calls (with a timeout).
+    client: Client,
+    /// The image record.
+    image: serde_json::Value,
+}
+
+/// Checks the target's endpoint, image id and token, and reads the image
+/// record.
+fn look_up(target: &GlanceTarget) -> Result<Lookup<'_>> {
+    let api = api_base(&target.endpoint)?;
+    check_image_id(&target.image_id)?;
+    let token = token_header(target)?;
+    let tls = TlsOptions {
+        insecure: target.insecure,
+        ca_file: target.ca_file.as_deref(),
+    };
+    let client = http::client_for(&tls, Some(API_TIMEOUT), http::url_host(&api).as_deref())?;
+    let image = get_image(&client, &api, &target.image_id, token.as_ref())?;
+    Ok(Lookup {
+        api,
+        token,
+        tls,
+        client,
+        image,
     })
 }
 
@@ -312,15 +343,7 @@ impl Sink for GlanceSink {
 /// with both values; [`Error::Http`] / [`Error::Connection`] when the image
 /// cannot be read back.
 pub fn verify(target: &GlanceTarget, digests: &Digests, image_size: u64) -> Result<()> {
-    let api = api_base(&target.endpoint)?;
-    check_image_id(&target.image_id)?;
-    let token = token_header(target)?;
-    let tls = TlsOptions {
-        insecure: target.insecure,
-        ca_file: target.ca_file.as_deref(),
-    };
-    let client = http::client_for(&tls, Some(API_TIMEOUT), http::url_host(&api).as_deref())?;
-    let image = get_image(&client, &api, &target.image_id, token.as_ref())?;
+    let image = look_up(target)?.image;
     check_image(&target.image_id, &image, digests, image_size)?;
     tracing::info!(image_id = %target.image_id, "Glance's size and digests match the image sent");
     Ok(())
