@@ -251,3 +251,37 @@ def test_capture_failing_after_creation_deletes_the_image(
     assert cloud.glance.request("GET", f"/v2/images/{created[1]}")[0] == 404
     assert {image["id"] for image in cloud.images()} == before
     assert operator.secret not in agent_log + error
+
+
+def test_password_credential_and_explicit_glance_endpoint(
+        cloud: Cloud, node: str, disk: Disk, operator: Operator, settled: None,
+        tmp_path: Path) -> None:
+    """The other credential form: a user's password scoped to the operator project."""
+    _write_runbook(cloud, node, RUNBOOK, {"device": disk.device}, tmp_path)
+    before = {image["id"] for image in cloud.images()}
+    conf = {"snapshot": {
+        "auth_url": cloud.keystone.auth_url + "/",
+        "username": "snapshot-operator",
+        "password": PASSWORD,
+        "project_name": "snapshots",
+        # Given: the catalog is not consulted for the endpoint.
+        "glance_endpoint": cloud.glance.endpoint + "/v2",
+    }}
+    record, agent_log = _run_runbook(cloud, node, RUNBOOK, conf, tmp_path / "ipa",
+                                     expect="active")
+    assert not record["last_error"], record["last_error"]
+    new = [image for image in _owned_by(cloud, operator.project).values()
+           if image["id"] not in before]
+    assert len(new) == 1, new
+    (image,) = new
+    # The default template and visibility.
+    assert re.fullmatch(r"snapshot-client-node-\d{8}T\d{6}Z", image["name"]), image["name"]
+    assert image["status"] == "active" and image["visibility"] == "private"
+    data = cloud.glance.download(image["id"])
+    assert image["checksum"] == image["snapshot_md5"] == hashlib.md5(data).hexdigest()
+    assert image["os_hash_value"] == image["snapshot_sha512"] == hashlib.sha512(data).hexdigest()
+    qcow2 = tmp_path / "snapshot.qcow2"
+    qcow2.write_bytes(data)
+    run("qemu-img", "check", "-q", str(qcow2))
+    assert f"created image {image['id']} named {image['name']}" in agent_log
+    assert PASSWORD not in agent_log
