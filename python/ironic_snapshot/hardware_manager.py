@@ -92,7 +92,8 @@ SNAPSHOT_DISK_ARGSINFO: dict[str, dict[str, Any]] = {
     },
     "memory_limit": {
         "description": "Memory for compressed data before a second read of "
-        "the disk, such as 512M. Default: [snapshot]memory_limit (256M).",
+        "the disk, such as 512M, or auto for half of the memory available. "
+        "Default: [snapshot]memory_limit (auto).",
         "required": False,
     },
     "skip_free_space": {

@@ -93,7 +93,7 @@ def test_config_options() -> None:
     local([])
     assert local.snapshot.compression == "zstd"
     assert local.snapshot.cluster_size == "64K"
-    assert local.snapshot.memory_limit == "256M"
+    assert local.snapshot.memory_limit == "auto"
     assert local.snapshot.glance_endpoint is None
     [(group, opts)] = conf.list_opts()
     assert group == "snapshot"
