@@ -14,7 +14,7 @@ import pytest
 
 from tests.stack.glance import GlanceServer
 
-from .harness import ELEMENTS, NODES, REPO, WHEEL_NAME, Harness
+from .harness import ELEMENTS, NODES, REPO, WHEEL_NAME, Harness, Result
 
 ALL_STACK = ("stack:install", "stack:post-config", "stack:extra", "stack:test-config")
 
@@ -29,6 +29,17 @@ def queued_image(glance: tuple[GlanceServer, Path], image_id: str, name: str = "
     image = glance[0].get_image(image_id)
     assert (image["status"], image["name"], image["visibility"]) == ("queued", name, "private")
     assert (image["disk_format"], image["container_format"]) == ("qcow2", "bare")
+
+
+def runbook_created(r: Result) -> bool:
+    """Whether the run called ``openstack baremetal runbook create``."""
+    return any(c[:3] == ["baremetal", "runbook", "create"] for c in r.openstack())
+
+
+def runbook_step_args(r: Result) -> dict:
+    """The arguments of the step of the one runbook the run created."""
+    (create,) = [c for c in r.of("openstack") if "steps" in c]
+    return create["steps"][0]["args"]
 
 
 def wheel_dir(h: Harness) -> Path:
@@ -167,7 +178,7 @@ def test_ramdisk_build_can_be_turned_off(harness: Harness) -> None:
     assert not harness.kernel.exists() and not harness.ramdisk.exists()
     # The rest still happens.
     assert r.of("maturin") and r.of("iniset")
-    assert any(c[:3] == ["baremetal", "runbook", "create"] for c in r.openstack())
+    assert runbook_created(r)
 
 
 def test_ramdisk_options_reach_the_builder(harness: Harness) -> None:
@@ -227,8 +238,7 @@ def test_runbook_options_and_reuse_of_a_queued_image(harness: Harness, glance: t
     assert status == 200 and len(json.loads(body)["images"]) == 1
     # An existing runbook of that name is replaced.
     assert ["baremetal", "runbook", "delete", "CUSTOM_CAPTURE"] in calls
-    (create,) = [c for c in r.of("openstack") if "steps" in c]
-    args = create["steps"][0]["args"]
+    args = runbook_step_args(r)
     assert args == {
         "image_id": queued,
         "glance_endpoint": "http://192.0.2.10/image",
@@ -263,12 +273,11 @@ def test_runbook_placeholder_that_is_not_set_is_named(harness: Harness, tmp_path
     r = harness.run("stack:extra", IRONIC_SNAPSHOT_RUNBOOK_FILE=str(steps))
     assert r.returncode != 0
     assert "IRONIC_SNAPSHOT_THREADS" in r.stderr
-    assert not any(c[:3] == ["baremetal", "runbook", "create"] for c in r.openstack())
+    assert not runbook_created(r)
     # Set in local.conf, it is used.
     r = harness.run("stack:extra", IRONIC_SNAPSHOT_RUNBOOK_FILE=str(steps), IRONIC_SNAPSHOT_THREADS="4")
     assert r.returncode == 0, r.stderr[-3000:]
-    (create,) = [c for c in r.of("openstack") if "steps" in c]
-    args = create["steps"][0]["args"]
+    args = runbook_step_args(r)
     assert set(args) == {"image_id", "threads"} and args["threads"] == "4"
 
 
@@ -324,8 +333,7 @@ def test_explicit_glance_endpoint_wins_over_devstack_glance(harness: Harness) ->
     r = harness.run(*ALL_STACK, IRONIC_SNAPSHOT_GLANCE_ENDPOINT="https://glance.example.org:9292")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.of("disk-image-create")[0]["env"]["DIB_IRONIC_SNAPSHOT_GLANCE_ENDPOINT"] == "https://glance.example.org:9292"
-    (create,) = [c for c in r.of("openstack") if "steps" in c]
-    assert create["steps"][0]["args"]["glance_endpoint"] == "https://glance.example.org:9292"
+    assert runbook_step_args(r)["glance_endpoint"] == "https://glance.example.org:9292"
 
 
 def test_glance_url_set_after_the_settings_is_used(harness: Harness) -> None:
@@ -333,8 +341,7 @@ def test_glance_url_set_after_the_settings_is_used(harness: Harness) -> None:
     # the plugin reads it when the phase runs.
     r = harness.run("stack:extra", GLANCE_URL="", HARNESS_LATE_GLANCE_URL="http://198.51.100.7/image")
     assert r.returncode == 0, r.stderr[-3000:]
-    (create,) = [c for c in r.of("openstack") if "steps" in c]
-    assert create["steps"][0]["args"]["glance_endpoint"] == "http://198.51.100.7/image"
+    assert runbook_step_args(r)["glance_endpoint"] == "http://198.51.100.7/image"
 
 
 def test_unreachable_glance_stops_the_stack_with_a_message(harness: Harness, tmp_path: Path) -> None:
@@ -346,4 +353,4 @@ def test_unreachable_glance_stops_the_stack_with_a_message(harness: Harness, tmp
     r = harness.run("stack:extra", OS_CLIENT_CONFIG_FILE=str(clouds))
     assert r.returncode != 0
     assert "Could not find or create the queued Glance image" in r.of("die")[0]["args"][0]
-    assert not any(c[:3] == ["baremetal", "runbook", "create"] for c in r.openstack())
+    assert not runbook_created(r)
