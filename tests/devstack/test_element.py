@@ -31,6 +31,19 @@ def run(script: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedPro
     return subprocess.run([str(script)], env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def run_install(python: Path, hooks: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs the install.d hook for ``python`` with the files extra-data.d put in ``hooks``."""
+    return run(INSTALL, {"DIB_IRONIC_SNAPSHOT_PYTHON": str(python), "IRONIC_SNAPSHOT_IN_TARGET_DIR": str(hooks),
+                         **env}, cwd)
+
+
+def stage_wheel(wheel: Path, hooks: Path) -> Path:
+    """Puts ``wheel`` where extra-data.d copies it (``hooks/ironic-snapshot``); returns ``hooks``."""
+    (hooks / "ironic-snapshot").mkdir(parents=True)
+    (hooks / "ironic-snapshot" / wheel.name).write_bytes(wheel.read_bytes())
+    return hooks
+
+
 def make_venv(path: Path, with_agent: bool) -> Path:
     subprocess.run([base_python(), "-m", "venv", str(path)], check=True, timeout=300)
     if with_agent:
@@ -62,16 +75,9 @@ def test_hooks_install_the_wheel_into_the_agent_python(wheel: Path, tmp_path: Pa
 
     python = make_venv(tmp_path / "agent", with_agent=True)
     conf = tmp_path / "etc-ipa"
-    r = run(
-        INSTALL,
-        {
-            "DIB_IRONIC_SNAPSHOT_PYTHON": str(python),
-            "DIB_IRONIC_SNAPSHOT_GLANCE_ENDPOINT": "https://glance.example.org:9292",
-            "IRONIC_SNAPSHOT_IN_TARGET_DIR": str(hooks),
-            "IRONIC_SNAPSHOT_AGENT_CONF_DIR": str(conf),
-        },
-        tmp_path,
-    )
+    r = run_install(python, hooks, tmp_path,
+                    DIB_IRONIC_SNAPSHOT_GLANCE_ENDPOINT="https://glance.example.org:9292",
+                    IRONIC_SNAPSHOT_AGENT_CONF_DIR=str(conf))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "installed for the agent" in r.stdout
 
@@ -98,20 +104,10 @@ def test_hooks_install_the_wheel_into_the_agent_python(wheel: Path, tmp_path: Pa
 
 
 def test_no_glance_endpoint_writes_no_agent_config(wheel: Path, tmp_path: Path) -> None:
-    hooks = tmp_path / "hooks" / "ironic-snapshot"
-    hooks.mkdir(parents=True)
-    (hooks / wheel.name).write_bytes(wheel.read_bytes())
+    hooks = stage_wheel(wheel, tmp_path / "hooks")
     python = make_venv(tmp_path / "agent", with_agent=True)
     conf = tmp_path / "etc-ipa"
-    r = run(
-        INSTALL,
-        {
-            "DIB_IRONIC_SNAPSHOT_PYTHON": str(python),
-            "IRONIC_SNAPSHOT_IN_TARGET_DIR": str(tmp_path / "hooks"),
-            "IRONIC_SNAPSHOT_AGENT_CONF_DIR": str(conf),
-        },
-        tmp_path,
-    )
+    r = run_install(python, hooks, tmp_path, IRONIC_SNAPSHOT_AGENT_CONF_DIR=str(conf))
     assert r.returncode == 0, r.stdout + r.stderr
     assert not conf.exists()
 
@@ -132,15 +128,9 @@ def test_extra_data_refuses_what_is_not_a_wheel(tmp_path: Path) -> None:
 
 
 def test_install_refuses_a_python_without_the_agent(wheel: Path, tmp_path: Path) -> None:
-    hooks = tmp_path / "hooks" / "ironic-snapshot"
-    hooks.mkdir(parents=True)
-    (hooks / wheel.name).write_bytes(wheel.read_bytes())
+    hooks = stage_wheel(wheel, tmp_path / "hooks")
     python = make_venv(tmp_path / "plain", with_agent=False)
-    r = run(
-        INSTALL,
-        {"DIB_IRONIC_SNAPSHOT_PYTHON": str(python), "IRONIC_SNAPSHOT_IN_TARGET_DIR": str(tmp_path / "hooks")},
-        tmp_path,
-    )
+    r = run_install(python, hooks, tmp_path)
     assert r.returncode == 1
     assert "has no ironic_python_agent" in r.stderr
     listing = subprocess.run([str(python), "-m", "pip", "list"], capture_output=True, text=True, check=True)
@@ -149,10 +139,6 @@ def test_install_refuses_a_python_without_the_agent(wheel: Path, tmp_path: Path)
 
 def test_install_without_the_extra_data_hook_says_so(tmp_path: Path) -> None:
     python = make_venv(tmp_path / "agent", with_agent=True)
-    r = run(
-        INSTALL,
-        {"DIB_IRONIC_SNAPSHOT_PYTHON": str(python), "IRONIC_SNAPSHOT_IN_TARGET_DIR": str(tmp_path / "empty")},
-        tmp_path,
-    )
+    r = run_install(python, tmp_path / "empty", tmp_path)
     assert r.returncode == 1
     assert "found 0" in r.stderr and "extra-data.d" in r.stderr
