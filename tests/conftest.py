@@ -13,7 +13,6 @@ Suites add their own fixtures in their own ``conftest.py``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.blockdev import loop_device, mounted, run
 from tests.stack.glance import GlanceServer, start_glance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,41 +60,6 @@ def static_cli() -> Path:
     binary = REPO / out.stdout.strip().splitlines()[-1]
     assert binary.is_file(), f"build-static.sh built no {binary}"
     return binary
-
-
-def run(*args: object, **kwargs) -> subprocess.CompletedProcess:
-    """Runs a command and fails with its stderr when it fails."""
-    proc = subprocess.run([str(a) for a in args], capture_output=True, **kwargs)
-    if proc.returncode != 0:
-        raise AssertionError(f"{[str(a) for a in args]} exited {proc.returncode}: "
-                             f"{proc.stderr.decode(errors='replace') if isinstance(proc.stderr, bytes) else proc.stderr}")
-    return proc
-
-
-@contextlib.contextmanager
-def loop_device(image: Path, offset: int, size: int) -> Iterator[str]:
-    """A loop device over ``size`` bytes of ``image`` from ``offset``, always detached.
-
-    ``losetup -P`` makes no partition nodes on this kind of machine, so every
-    partition gets its own device with ``--offset``/``--sizelimit``.
-    """
-    device = run("losetup", "--find", "--show", "--offset", offset, "--sizelimit", size,
-                 image, text=True).stdout.strip()
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
-
-
-@contextlib.contextmanager
-def mounted(device: str, where: Path) -> Iterator[Path]:
-    """Mounts ``device`` on ``where`` for the block; always unmounts."""
-    where.mkdir(parents=True, exist_ok=True)
-    run("mount", device, where)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
 
 
 @dataclasses.dataclass

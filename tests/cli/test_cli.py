@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import loop_device
+from tests.blockdev import loop_device
 from tests.stack.glance import GlanceServer, start_glance
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None,

@@ -7,15 +7,14 @@ nodes on these machines), always detached again. Needs root.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import random
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
+
+from tests import blockdev
 
 MIB = 1 << 20
 #: Size of one stale-pattern block; each starts with the session's marker.
@@ -23,35 +22,14 @@ PATTERN_BLOCK = 4096
 
 
 def run(*args: str | os.PathLike[str], **kwargs: object) -> str:
-    """Runs a command, failing with its stderr when it fails."""
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
+    """Runs a command (text in and out), failing with its stderr when it fails; returns stdout."""
+    return blockdev.run(*args, text=True, **kwargs).stdout
 
 
-@contextlib.contextmanager
-def loop(image: Path, offset: int, size: int, *, read_only: bool = False) -> Iterator[str]:
-    """A loop device over ``size`` bytes of ``image`` from ``offset``."""
-    args = ["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit", str(size)]
-    if read_only:
-        args.append("--read-only")
-    device = run(*args, image).strip()
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
-
-
-@contextlib.contextmanager
-def mounted(device: str, where: Path, options: str) -> Iterator[Path]:
-    """Mounts ``device`` on ``where`` for the duration of the block."""
-    where.mkdir(parents=True, exist_ok=True)
-    run("mount", "-o", options, device, where)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
+#: A loop device over part of an image, always detached (``read_only=True`` for sources).
+loop = blockdev.loop_device
+#: A mount with options for the duration of the block.
+mounted = blockdev.mounted
 
 
 @dataclasses.dataclass

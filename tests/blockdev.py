@@ -1,0 +1,53 @@
+"""Commands, loop devices and mounts for tests that build real disks (root only).
+
+Shared by the generic fixtures (``tests/conftest.py``) and the suites that
+build their own disks (``tests/fs_aware/disks.py``, ``tests/cli``). Everything
+runs over files in temporary folders; each helper undoes what it did, even
+when the block inside fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def run(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    """Runs a command and fails with its stderr when it fails."""
+    proc = subprocess.run([str(a) for a in args], capture_output=True, **kwargs)
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
+        raise AssertionError(f"{[str(a) for a in args]} exited {proc.returncode}: {stderr}")
+    return proc
+
+
+@contextlib.contextmanager
+def loop_device(image: str | os.PathLike[str], offset: int, size: int, *,
+                read_only: bool = False) -> Iterator[str]:
+    """A loop device over ``size`` bytes of ``image`` from ``offset``, always detached.
+
+    ``losetup -P`` makes no partition nodes on this kind of machine, so every
+    partition gets its own device with ``--offset``/``--sizelimit``.
+    """
+    args: list[object] = ["losetup", "--find", "--show", "--offset", offset, "--sizelimit", size]
+    if read_only:
+        args.append("--read-only")
+    device = run(*args, image, text=True).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+@contextlib.contextmanager
+def mounted(device: str, where: Path, options: str | None = None) -> Iterator[Path]:
+    """Mounts ``device`` on ``where`` (with ``-o options`` if given) for the block; always unmounts."""
+    where.mkdir(parents=True, exist_ok=True)
+    run("mount", *(["-o", options] if options is not None else []), device, where)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
