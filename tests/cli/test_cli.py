@@ -317,21 +317,27 @@ def _random_disk(path: Path, mib: int) -> None:
             f.write(os.urandom(1 << 20))
 
 
+def _start_upload(cli_binary: Path, source: Path, server: GlanceServer, image_id: str) -> subprocess.Popen:
+    """Starts an uncompressed capture of ``source`` into a Glance image; returns once Glance says ``saving``."""
+    proc = subprocess.Popen([str(cli_binary), "capture", str(source), "--glance-image", image_id,
+                             "--glance-endpoint", server.endpoint, "--compression", "none",
+                             "--memory-limit", "1G"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while server.get_image(image_id)["status"] != "saving":
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.05)
+    return proc
+
+
 def test_glance_killed_mid_upload(cli_binary: Path, tmp_path: Path, source_dir: Path) -> None:
     """SIGKILL Glance while a 512 MiB upload runs: exit 5, a clear error, no active image."""
     source = source_dir / "random.img"
     _random_disk(source, 512)
     with start_glance(tmp_path / "glance") as server:
         image = server.create_image("killed")
-        proc = subprocess.Popen([str(cli_binary), "capture", str(source), "--glance-image", image["id"],
-                                 "--glance-endpoint", server.endpoint, "--compression", "none",
-                                 "--memory-limit", "1G"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while server.get_image(image["id"])["status"] != "saving":
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            assert time.monotonic() < deadline, "the upload never started"
-            time.sleep(0.05)
+        proc = _start_upload(cli_binary, source, server, image["id"])
         server.kill()
         _, err = proc.communicate(timeout=120)
         text = err.decode()
@@ -347,15 +353,7 @@ def test_sigint_during_upload_leaves_image_queued(cli_binary: Path, glance: Glan
     source = source_dir / "random.img"
     _random_disk(source, 384)
     image = glance.create_image("interrupted")
-    proc = subprocess.Popen([str(cli_binary), "capture", str(source), "--glance-image", image["id"],
-                             "--glance-endpoint", glance.endpoint, "--compression", "none",
-                             "--memory-limit", "1G"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while glance.get_image(image["id"])["status"] != "saving":
-        assert proc.poll() is None, proc.communicate()[1].decode()
-        assert time.monotonic() < deadline, "the upload never started"
-        time.sleep(0.05)
+    proc = _start_upload(cli_binary, source, glance, image["id"])
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
