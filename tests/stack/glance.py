@@ -28,13 +28,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from tests.stack.process import write_conf
+
+from tests.stack.process import read_log_tail, stop_process_group, venv_bin, wait_until_ready, write_conf
 
 __all__ = ["GlanceServer", "start_glance", "free_port"]
 
@@ -47,17 +46,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _venv_bin() -> Path:
-    # The interpreter running the tests lives in the venv that holds glance.
-    return Path(sys.executable).parent
-
-
-def _venv_root() -> Path:
-    return _venv_bin().parent
-
-
 
 
 class GlanceServer:
@@ -152,23 +140,11 @@ class GlanceServer:
 
     def stop(self) -> None:
         """Stops Glance: SIGTERM to its process group, SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        # Workers may outlive a killed master for a moment: reap the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process, timeout=15, reap_group=True)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of Glance's log, for assertion messages."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return read_log_tail(self.log_path, lines)
 
 
 @contextlib.contextmanager
@@ -191,8 +167,8 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
     for sub in ("images", "staging", "tasks", "conf"):
         (workdir / sub).mkdir(exist_ok=True)
     port = port or free_port()
-    venv = _venv_root()
-    paste = venv / "etc" / "glance" / "glance-api-paste.ini"
+    # The interpreter running the tests lives in the venv that holds glance.
+    paste = venv_bin().parent / "etc" / "glance" / "glance-api-paste.ini"
     if not paste.exists():
         raise RuntimeError(f"{paste} not found: install glance==33.0.0 into the test virtualenv")
     sections: dict[str, dict[str, str]] = {
@@ -213,13 +189,11 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
         "os_glance_tasks_store": {"filesystem_store_datadir": str(workdir / "tasks")},
         "oslo_policy": {"enforce_new_defaults": "false", "enforce_scope": "false"},
     }
-    for section, values in (extra_conf or {}).items():
-        sections.setdefault(section, {}).update(values)
     conf = workdir / "conf" / "glance-api.conf"
-    write_conf(conf, sections)
+    write_conf(conf, sections, extra_conf)
 
     env = dict(os.environ, OS_GLANCE_CONFIG_DIR=str(workdir / "conf"))
-    bin_dir = _venv_bin()
+    bin_dir = venv_bin()
     subprocess.run([str(bin_dir / "glance-manage"), "--config-file", str(conf), "db_sync"],
                    check=True, env=env, cwd=workdir, stdout=subprocess.DEVNULL,
                    stderr=subprocess.PIPE)
@@ -233,20 +207,9 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
     )
     server = GlanceServer(f"http://127.0.0.1:{port}", workdir, process, token)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("Glance exited at start: "
-                                   + (workdir / "gunicorn.log").read_text(errors="replace")[-2000:])
-            try:
-                status, _ = server.request("GET", "/v2/images?limit=1")
-                if status < 500:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Glance did not answer on port {port} within {START_TIMEOUT:.0f} s")
-            time.sleep(0.3)
+        wait_until_ready("Glance", port, process,
+                         lambda: server.request("GET", "/v2/images?limit=1")[0] < 500,
+                         timeout=START_TIMEOUT, interval=0.3, output=workdir / "gunicorn.log")
         yield server
     finally:
         server.stop()

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tests.stack.glance import free_port
-from tests.stack.process import stop_process_group, write_conf
+from tests.stack.process import stop_process_group, venv_bin, write_conf
 
 __all__ = ["Agent", "start_ipa"]
 
@@ -51,8 +50,6 @@ class Agent:
     def stop(self) -> None:
         """Stops the agent: SIGTERM to its process group, SIGKILL if it lingers."""
         stop_process_group(self.process, timeout=15)
-
-
 
 
 @contextlib.contextmanager
@@ -90,13 +87,11 @@ def start_ipa(workdir: Path, api_url: str, *,
         },
         "snapshot": {"progress_interval": "1"},
     }
-    for section, values in (extra_conf or {}).items():
-        sections.setdefault(section, {}).update(values)
     conf = workdir / "ipa.conf"
-    write_conf(conf, sections)
+    write_conf(conf, sections, extra_conf)
     output = open(workdir / "ipa.stdout", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ironic-python-agent"), "--config-file", str(conf)],
+        [str(venv_bin() / "ironic-python-agent"), "--config-file", str(conf)],
         cwd=workdir, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     agent = Agent(process, workdir, port)
     try:

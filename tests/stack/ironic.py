@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.stack.glance import free_port
-from tests.stack.process import stop_process_group, write_conf
+from tests.stack.process import read_log_tail, stop_process_group, venv_bin, wait_until_ready, write_conf
 
 __all__ = ["IronicServer", "StateTimeout", "host_mac", "start_ironic"]
 
@@ -67,10 +66,6 @@ def host_mac() -> str:
     raise RuntimeError("No network interface that is up: the agent cannot look its node up")
 
 
-def _venv_bin() -> Path:
-    return Path(sys.executable).parent
-
-
 class IronicServer:
     """A running Ironic all-in-one and helpers around the ``baremetal`` CLI.
 
@@ -101,7 +96,7 @@ class IronicServer:
 
     def cli(self, *args: str, check: bool = True) -> str:
         """Runs ``baremetal ARGS``; returns its stdout."""
-        result = subprocess.run([str(_venv_bin() / "baremetal"), *args], env=self.env(),
+        result = subprocess.run([str(venv_bin() / "baremetal"), *args], env=self.env(),
                                 capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:
             raise RuntimeError(f"baremetal {' '.join(args)} failed ({result.returncode}): "
@@ -169,19 +164,12 @@ class IronicServer:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of Ironic's log, for assertion messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
         # API access lines (one per poll) would hide everything else.
-        kept = [line for line in text.splitlines() if " ironic.api [" not in line]
-        return "\n".join(kept[-lines:])
+        return read_log_tail(self.log_path, lines, keep=lambda line: " ironic.api [" not in line)
 
     def stop(self) -> None:
         """Stops Ironic: SIGTERM to its process group, SIGKILL if it lingers."""
         stop_process_group(self.process, timeout=20)
-
-
 
 
 @contextlib.contextmanager
@@ -238,10 +226,8 @@ def start_ironic(workdir: Path, *, port: int | None = None,
         "service_catalog": {"endpoint_override": endpoint, "auth_type": "none"},
         "oslo_concurrency": {"lock_path": str(workdir / "locks")},
     }
-    for section, values in (extra_conf or {}).items():
-        sections.setdefault(section, {}).update(values)
-    write_conf(conf, sections)
-    bin_dir = _venv_bin()
+    write_conf(conf, sections, extra_conf)
+    bin_dir = venv_bin()
     subprocess.run([str(bin_dir / "ironic-dbsync"), "--config-file", str(conf), "create_schema"],
                    check=True, cwd=workdir, capture_output=True)
     output = open(workdir / "ironic.stdout", "wb")  # noqa: SIM115 - closed below
@@ -250,26 +236,20 @@ def start_ironic(workdir: Path, *, port: int | None = None,
                                start_new_session=True)
     server = IronicServer(endpoint, workdir, process, client_env=client_env, token=token)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            crashes = server.log_tail(200).count("exited with status 1")
-            if process.poll() is not None or crashes >= 3:
-                # The service manager restarts a crashing conductor forever:
-                # report its traceback instead of waiting for the timeout.
-                raise RuntimeError("Ironic failed at start:\n"
-                                   + (workdir / "ironic.stdout").read_text(errors="replace")[-3000:])
-            try:
-                # The conductor registers itself after the API answers: wait
-                # for the driver list, which needs a live conductor.
-                drivers = server.api("GET", "/v1/drivers")
-                if any(d["name"] == "fake-hardware" for d in drivers.get("drivers", [])):
-                    break
-            except (OSError, ValueError, urllib.error.URLError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Ironic did not answer on port {port} within "
-                                   f"{START_TIMEOUT:.0f} s: {server.log_tail()}")
-            time.sleep(0.5)
+        def conductor_ready() -> bool:
+            # The conductor registers itself after the API answers: wait
+            # for the driver list, which needs a live conductor.
+            drivers = server.api("GET", "/v1/drivers")
+            return any(d["name"] == "fake-hardware" for d in drivers.get("drivers", []))
+
+        wait_until_ready(
+            "Ironic", port, process, conductor_ready, timeout=START_TIMEOUT, interval=0.5,
+            output=workdir / "ironic.stdout", output_chars=3000,
+            transient=(OSError, ValueError, urllib.error.URLError),
+            # The service manager restarts a crashing conductor forever:
+            # report its traceback instead of waiting for the timeout.
+            failing=lambda: server.log_tail(200).count("exited with status 1") >= 3,
+            log_tail=server.log_tail)
         yield server
     finally:
         server.stop()

@@ -26,9 +26,7 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.stack.glance import free_port
-from tests.stack.process import write_conf
+from tests.stack.process import read_log_tail, stop_process_group, venv_bin, wait_until_ready, write_conf
 
 __all__ = ["KeystoneServer", "start_keystone"]
 
@@ -46,12 +44,6 @@ START_TIMEOUT = 60.0
 
 #: Region every catalog entry of the test stack lives in.
 REGION = "RegionOne"
-
-
-def _venv_bin() -> Path:
-    return Path(sys.executable).parent
-
-
 
 
 class KeystoneError(RuntimeError):
@@ -264,24 +256,11 @@ class KeystoneServer:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of Keystone's log, for assertion messages."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return read_log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         """Stops Keystone: SIGTERM to its process group, SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process, timeout=15, reap_group=True)
 
 
 @contextlib.contextmanager
@@ -313,12 +292,10 @@ def start_keystone(workdir: Path, *, port: int | None = None, workers: int = 2,
         # answers (a deleted application credential) from another worker.
         "cache": {"enabled": "false"},
     }
-    for section, values in (extra_conf or {}).items():
-        sections.setdefault(section, {}).update(values)
     conf = conf_dir / "keystone.conf"
-    write_conf(conf, sections)
+    write_conf(conf, sections, extra_conf)
 
-    manage = [str(_venv_bin() / "keystone-manage"), "--config-file", str(conf)]
+    manage = [str(venv_bin() / "keystone-manage"), "--config-file", str(conf)]
     password = secrets.token_hex(16)
     for args in (["db_sync"],
                  ["fernet_setup", "--keystone-user", "root", "--keystone-group", "root"],
@@ -341,26 +318,14 @@ def start_keystone(workdir: Path, *, port: int | None = None, workers: int = 2,
         "import sys\nsys.argv = sys.argv[:1]\nfrom keystone.wsgi.api import application  # noqa\n")
     output = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [str(_venv_bin() / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        [str(venv_bin() / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
          "--timeout", "300", "--chdir", str(workdir), "keystone_wsgi_shim:application"],
         env=env, cwd=workdir, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     server = KeystoneServer(endpoint, workdir, process, password)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("Keystone exited at start: "
-                                   + (workdir / "gunicorn.log").read_text(errors="replace")[-2000:])
-            try:
-                status, _, _ = server.request("GET", "/v3")
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Keystone did not answer on port {port} within "
-                                   f"{START_TIMEOUT:.0f} s: {server.log_tail()}")
-            time.sleep(0.3)
+        wait_until_ready("Keystone", port, process, lambda: server.request("GET", "/v3")[0] == 200,
+                         timeout=START_TIMEOUT, interval=0.3, output=workdir / "gunicorn.log",
+                         log_tail=server.log_tail)
         yield server
     finally:
         server.stop()
