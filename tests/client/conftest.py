@@ -29,13 +29,17 @@ from typing import Any
 
 import pytest
 
-from tests.functional.helpers import Disk, build_disk, missing_requirements, run
+from tests.functional import fixtures
+from tests.functional.helpers import Disk
 from tests.stack.glance import GlanceServer, free_port, start_glance
 from tests.stack.ipa import Agent, start_ipa
 from tests.stack.ironic import IronicServer, host_mac, start_ironic
 from tests.stack.keystone import KeystoneServer, start_keystone
 
-_MISSING = missing_requirements()
+# Shared with tests/functional, bound here so that pytest finds them: the
+# requirement check (autouse) and the test disk.
+stack_requirements = fixtures.stack_requirements
+disk = fixtures.disk
 
 #: Password of the test users (fixed: nothing to protect on loopback).
 PASSWORD = "correct-horse-battery-staple"
@@ -76,24 +80,6 @@ class Cloud:
         return subprocess.run([str(Path(sys.executable).parent / "openstack"), *args],
                               env=self.env(user), capture_output=True, text=True,
                               timeout=timeout)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _requirements() -> None:
-    """Skips, saying why, on a machine that cannot run the real stack."""
-    if _MISSING is not None:
-        pytest.skip(_MISSING)
-
-
-@pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
-    """The test disk on a loop device, detached at the end of the module."""
-    image, offset, size, files = build_disk(tmp_path_factory.mktemp("disk"))
-    device = run("losetup", "--find", "--show", str(image)).strip()
-    try:
-        yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ ports and is torn down by the fixtures, loop devices included.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -18,28 +17,13 @@ import pytest
 from tests.stack.glance import GlanceServer, start_glance
 from tests.stack.ironic import IronicServer, host_mac, start_ironic
 
-from .helpers import Disk, build_disk, missing_requirements, run
+from . import fixtures
+from .helpers import Disk
 
-_MISSING = missing_requirements()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _requirements() -> None:
-    """Skips, saying why, on a machine that cannot run the real stack."""
-    if _MISSING is not None:
-        pytest.skip(_MISSING)
-
-
-@pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
-    """The test disk on a loop device, detached at the end of the module."""
-    folder = tmp_path_factory.mktemp("disk")
-    image, offset, size, files = build_disk(folder)
-    device = run("losetup", "--find", "--show", str(image)).strip()
-    try:
-        yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
+# Shared with tests/client, bound here so that pytest finds them: the
+# requirement check (autouse) and the test disk.
+stack_requirements = fixtures.stack_requirements
+disk = fixtures.disk
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,33 @@
+"""Fixtures of every real-stack suite (``tests/functional``, ``tests/client``).
+
+A suite's conftest binds them to its own names so that pytest finds them there.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.functional.helpers import Disk, build_disk, missing_requirements, run
+
+_MISSING = missing_requirements()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stack_requirements() -> None:
+    """Skips, saying why, on a machine that cannot run the real stack."""
+    if _MISSING is not None:
+        pytest.skip(_MISSING)
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
+    """The test disk on a loop device, detached at the end of the module."""
+    image, offset, size, files = build_disk(tmp_path_factory.mktemp("disk"))
+    device = run("losetup", "--find", "--show", str(image)).strip()
+    try:
+        yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
