@@ -27,16 +27,20 @@ from ironic_snapshot.errors import IdentityServiceError, ImageServiceError
 PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
 
 
+def _unversioned(url: str, version: str) -> str:
+    # Catalogs and configs give service URLs with or without the API version
+    # and a trailing slash; requests add the version themselves.
+    url = url.rstrip("/")
+    return url[: -len(version)] if url.endswith(version) else url
+
+
 def normalise_endpoint(endpoint: str) -> str:
     """The endpoint without a trailing slash or ``/v2``.
 
     :param endpoint: such as ``http://glance:9292/v2/``.
     :returns: such as ``http://glance:9292``.
     """
-    endpoint = endpoint.rstrip("/")
-    if endpoint.endswith("/v2"):
-        endpoint = endpoint[: -len("/v2")]
-    return endpoint
+    return _unversioned(endpoint, "/v2")
 
 
 class GlanceImages:
@@ -352,10 +356,7 @@ def normalise_auth_url(auth_url: str) -> str:
     :param auth_url: such as ``https://keystone:5000/v3/``.
     :returns: such as ``https://keystone:5000``.
     """
-    auth_url = auth_url.rstrip("/")
-    if auth_url.endswith("/v3"):
-        auth_url = auth_url[: -len("/v3")]
-    return auth_url
+    return _unversioned(auth_url, "/v3")
 
 
 def find_endpoint(catalog: list[dict[str, Any]], service_type: str, interface: str,
