@@ -10,7 +10,8 @@ use snapshot_core::{Progress, ProgressUpdate, format_size};
 /// Least time between two redraws: the engine calls in far more often.
 const REDRAW: Duration = Duration::from_millis(200);
 
-/// Renders updates as `writing  42%  4.2 GiB / 10.0 GiB  310.5 MiB/s  ETA 0:19`.
+/// Renders updates as
+/// `writing    42%  4.2 GiB / 10.0 GiB  310.5 MiB/s  out 1.1 GiB  ETA 0:19`.
 pub struct TerminalProgress {
     state: Mutex<State>,
 }
@@ -19,6 +20,9 @@ struct State {
     last_draw: Option<Instant>,
     phase: Option<Phase>,
     phase_start: Instant,
+    /// `done` of the phase's first update: a phase may start with work
+    /// already done (skipped zeros), which says nothing of its rate.
+    phase_done: u64,
     drawn: bool,
 }
 
@@ -30,6 +34,7 @@ impl TerminalProgress {
                 last_draw: None,
                 phase: None,
                 phase_start: Instant::now(),
+                phase_done: 0,
                 drawn: false,
             }),
         }
@@ -55,6 +60,7 @@ impl Progress for TerminalProgress {
         if state.phase != Some(update.phase) {
             state.phase = Some(update.phase);
             state.phase_start = now;
+            state.phase_done = update.done;
         } else if state
             .last_draw
             .is_some_and(|t| now.duration_since(t) < REDRAW)
@@ -63,15 +69,20 @@ impl Progress for TerminalProgress {
         }
         state.last_draw = Some(now);
         state.drawn = true;
-        let line = render(update, now.duration_since(state.phase_start));
+        let line = render(
+            update,
+            update.done.saturating_sub(state.phase_done),
+            now.duration_since(state.phase_start),
+        );
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();
     }
 }
 
-/// The text of one progress line.
-fn render(update: &ProgressUpdate, elapsed: Duration) -> String {
+/// The text of one progress line; the rate is `done_in_phase` (the bytes
+/// this phase processed itself) over `elapsed`.
+fn render(update: &ProgressUpdate, done_in_phase: u64, elapsed: Duration) -> String {
     let phase = update.phase.name();
     let percent = if update.total > 0 {
         (update.done as f64 / update.total as f64 * 100.0).min(100.0)
@@ -80,7 +91,7 @@ fn render(update: &ProgressUpdate, elapsed: Duration) -> String {
     };
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
-        update.done as f64 / secs
+        done_in_phase as f64 / secs
     } else {
         0.0
     };
@@ -111,10 +122,24 @@ mod tests {
             total: 4 << 30,
             written: 100 << 20,
         };
-        let line = render(&update, Duration::from_secs(2));
+        let line = render(&update, 1 << 30, Duration::from_secs(2));
         assert!(line.starts_with("writing    25%"), "{line}");
         assert!(line.contains("1.0 GiB / 4.0 GiB"), "{line}");
         assert!(line.contains("512.0 MiB/s"), "{line}");
         assert!(line.contains("ETA 0:06"), "{line}");
+    }
+
+    #[test]
+    fn rate_counts_only_the_work_of_the_phase() {
+        // 3 GiB were done (skipped) before the phase; it did 1 GiB in 2 s.
+        let update = ProgressUpdate {
+            phase: Phase::Writing,
+            done: 4 << 30,
+            total: 8 << 30,
+            written: 0,
+        };
+        let line = render(&update, 1 << 30, Duration::from_secs(2));
+        assert!(line.contains("512.0 MiB/s"), "{line}");
+        assert!(line.contains("ETA 0:08"), "{line}");
     }
 }
