@@ -54,7 +54,7 @@ pub(crate) struct Batch {
     pub crcs: Vec<u32>,
 }
 
-/// What the workers do and how the reader cuts the disk.
+/// What the workers do and how they cut the disk into batches.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// Cluster size in bytes.
@@ -191,7 +191,7 @@ fn process(
     Ok(())
 }
 
-/// Everything the reader needs.
+/// Everything the workers need to read the disk.
 pub(crate) struct Input<'a> {
     /// The disk.
     pub source: &'a Source,
@@ -202,7 +202,7 @@ pub(crate) struct Input<'a> {
     pub mask: Option<&'a DiskPlan>,
     /// Set by the caller to stop.
     pub cancel: Option<&'a AtomicBool>,
-    /// Bytes read from the source, added to as the reader goes.
+    /// Bytes read from the source, added to as the workers read.
     pub bytes_read: &'a AtomicU64,
 }
 

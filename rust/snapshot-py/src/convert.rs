@@ -29,10 +29,9 @@ impl SizeArg {
     /// memory available now.
     pub(crate) fn memory_limit(&self, py: Python<'_>) -> PyResult<u64> {
         match self {
-            SizeArg::Str(text) if text.trim().eq_ignore_ascii_case("auto") => {
-                Ok(snapshot_core::auto_memory_limit())
-            }
-            _ => self.bytes(py, "memory_limit"),
+            SizeArg::Int(value) => Ok(*value),
+            SizeArg::Str(text) => snapshot_core::parse_memory_limit(text)
+                .map_err(|err| invalid_input(py, &format!("Invalid memory_limit: {err}"))),
         }
     }
 }
