@@ -112,6 +112,15 @@ SNAPSHOT_DISK_ARGSINFO: dict[str, dict[str, Any]] = {
 PROPERTY_PREFIX = "snapshot_"
 
 
+#: Raised when neither the step nor the agent configuration gives a usable
+#: Glance endpoint (and no configured credential can find one in a catalog).
+_NO_ENDPOINT = (
+    "No valid Glance endpoint for step snapshot_disk: pass "
+    "glance_endpoint (http:// or https:// URL) or set "
+    "[snapshot]glance_endpoint in the agent configuration"
+)
+
+
 def _bad_arg(name: str, value: Any, expected: str) -> errors.InvalidCommandParamsError:
     return errors.InvalidCommandParamsError(
         f"Invalid value {value!r} for argument {name} of step snapshot_disk: "
@@ -365,11 +374,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         if endpoint is not None and (
             not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))
         ):
-            raise errors.InvalidCommandParamsError(
-                "No valid Glance endpoint for step snapshot_disk: pass "
-                "glance_endpoint (http:// or https:// URL) or set "
-                "[snapshot]glance_endpoint in the agent configuration"
-            )
+            raise errors.InvalidCommandParamsError(_NO_ENDPOINT)
         token = kwargs.get("auth_token") or None
         if token is not None and not isinstance(token, str):
             raise errors.InvalidCommandParamsError(
@@ -393,11 +398,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                 "in the agent configuration"
             )
         if endpoint is None and credential is None:
-            raise errors.InvalidCommandParamsError(
-                "No valid Glance endpoint for step snapshot_disk: pass "
-                "glance_endpoint (http:// or https:// URL) or set "
-                "[snapshot]glance_endpoint in the agent configuration"
-            )
+            raise errors.InvalidCommandParamsError(_NO_ENDPOINT)
         disk_format = kwargs.get("disk_format")
         if disk_format is not None and disk_format not in ("qcow2", "raw"):
             raise _bad_arg("disk_format", disk_format, "qcow2 or raw")
