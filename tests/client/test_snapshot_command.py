@@ -349,3 +349,41 @@ def test_commands_registered(cli: str) -> None:
     listed = subprocess.run([binary, "help", *prefix, "node", "snapshot"], capture_output=True,
                             text=True, timeout=120).stdout
     assert "--no-wait" in listed and "--server" in listed
+
+
+def test_upload_credential_minted_after_power_off(cloud: Cloud, node: str) -> None:
+    """The token handed to the step is minted once the OS is off, not before the shutdown.
+
+    A Keystone token lives at most ``[token] expiration``: every second of the
+    clean shutdown spent after minting it is a second less for the step to
+    start its upload. The progress callback looks at Keystone while the
+    command waits for the power-off; no agent runs (``wait=False``, then abort).
+    """
+    from ironic_snapshot.client import Progress, get_snapshot, snapshot_node
+
+    _ensure_power_on(cloud, node)
+    conn = openstack.connect(auth_url=cloud.keystone.auth_url, username="alice",
+                             password=PASSWORD, project_name="demo",
+                             user_domain_id="default", project_domain_id="default",
+                             region_name="RegionOne")
+    during_shutdown: list[list[dict[str, Any]]] = []
+
+    def look(update: Progress) -> None:
+        if update.phase == "shutdown":
+            during_shutdown.append(_alice_credentials(cloud))
+
+    result = snapshot_node(conn, node, name="minted-late", device="/dev/ironic-snapshot-none",
+                           wait=False, shutdown_timeout=60, timeout=600, progress=look,
+                           poll_interval=0.5)
+    try:
+        assert during_shutdown, "the command never reported the shutdown"
+        assert all(found == [] for found in during_shutdown), during_shutdown
+        # ... and it exists once the node is servicing.
+        assert len(_alice_credentials(cloud)) == 1
+    finally:
+        cloud.ironic.cli("node", "abort", node)
+        cloud.ironic.wait_for_state(node, "active", timeout=120)
+        get_snapshot(conn, result.image_id)  # deletes the finished run's credential
+        conn.image.delete_image(result.image_id, ignore_missing=True)
+        _ensure_power_on(cloud, node)
+    assert _alice_credentials(cloud) == []

@@ -114,8 +114,12 @@ class SnapshotBaremetalNode(command.ShowOne):
                           help="Return once servicing started; see 'baremetal snapshot "
                                "show'")
         parser.add_argument("--timeout", metavar="<seconds>", type=int, default=3600,
-                            help="Seconds the snapshot may take; also the lifetime of the "
-                                 "upload credential (default: 3600)")
+                            help="Seconds the whole snapshot may take (shutdown, ramdisk "
+                                 "boot, capture, checks); also the lifetime of the upload "
+                                 "credential. Its token, minted after the power-off, lives "
+                                 "at most Keystone's [token] expiration (1 h by default): "
+                                 "the agent must start the upload within that (default: "
+                                 "3600)")
         parser.add_argument("--shutdown-timeout", metavar="<seconds>", type=int, default=300,
                             help="Seconds the OS gets to power off cleanly (default: 300)")
         parser.add_argument("--no-clean-shutdown", dest="clean_shutdown",

@@ -10,10 +10,12 @@ again when it fails:
 2. check the request (name, formats, visibility, properties) and find Glance
    in the catalog (or take the given endpoint);
 3. create the Glance image (``queued``) as the caller;
-4. mint the upload credential (:mod:`ironic_snapshot.client.credential`);
-5. ask the OS to power off cleanly (soft power off, with a timeout), because
+4. ask the OS to power off cleanly (soft power off, with a timeout), because
    ``service`` powers the node off hard and the disk would only be
    crash-consistent;
+5. mint the upload credential (:mod:`ironic_snapshot.client.credential`)
+   and its token, after the shutdown so that none of the token's life
+   (Keystone's ``[token] expiration``) is spent waiting for the OS;
 6. ``service`` with the ``snapshot_disk`` step; follow the node;
 7. verify the image (active, Glance's digests equal to the report the step
    wrote as properties) and delete the credential.
@@ -565,8 +567,10 @@ def snapshot_node(
     :param properties: extra image properties.
     :param wait: wait for the outcome; with False return once Ironic accepted
         the service request (see :func:`get_snapshot`).
-    :param timeout: seconds the snapshot may take, and the lifetime of the
-        upload credential.
+    :param timeout: seconds the whole snapshot may take, and the lifetime of
+        the upload credential. The token handed to the step is minted after
+        the power-off and lives at most Keystone's ``[token] expiration``
+        (1 h by default): the step must start its upload within it.
     :param clean_shutdown: ask the OS to power off first (soft power off).
     :param shutdown_timeout: seconds the OS gets to power off.
     :param keep_failed: keep the image of a failed snapshot (for debugging).
@@ -610,12 +614,15 @@ def snapshot_node(
                       json=body).json()
         run.image_id = image["id"]
         LOG.info("Created image %s (queued) for the snapshot of node %s", run.image_id, ident)
+        if clean_shutdown:
+            _soft_power_off(run, record, shutdown_timeout, poll_interval)
+
+        # Minted only now: a Keystone token lives at most [token] expiration
+        # (1 h by default) and the step needs it until its upload starts, so
+        # the clean shutdown must not eat into that.
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=timeout)
         run.credential = cred.create_upload_credential(
             conn, run.image_id, endpoint=endpoint, expires_at=expires)
-
-        if clean_shutdown:
-            _soft_power_off(run, record, shutdown_timeout, poll_interval)
 
         args: dict[str, Any] = {"image_id": run.image_id, "glance_endpoint": endpoint,
                                 "auth_token": run.credential.token,
