@@ -9,6 +9,11 @@
   (``tests/stack/glance.py``).
 
 Suites add their own fixtures in their own ``conftest.py``.
+
+On CI (``CI=true``) a skipped test fails the run: a setup that lost a
+package or root would otherwise turn whole real-stack suites into green
+skips. Set ``IRONIC_SNAPSHOT_ALLOW_SKIPS=1`` to run a partial suite on CI on
+purpose.
 """
 
 from __future__ import annotations
@@ -29,6 +34,37 @@ from tests.blockdev import loop_device, mounted, run
 from tests.stack.glance import GlanceServer, start_glance
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _skips_fail_the_run() -> bool:
+    """Whether this run treats a skipped test as a failure (CI, unless allowed)."""
+    return (os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+            and not os.environ.get("IRONIC_SNAPSHOT_ALLOW_SKIPS"))
+
+
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember every skipped test (collected, set-up or called)."""
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """On CI, turn a run with skipped tests into a failed run that names them."""
+    if _SKIPPED and _skips_fail_the_run() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:  # noqa: ANN001
+    """Say why a CI run with skips failed."""
+    if _SKIPPED and _skips_fail_the_run():
+        terminalreporter.section("skipped tests fail the run on CI")
+        for nodeid in _SKIPPED:
+            terminalreporter.line(f"SKIPPED ON CI: {nodeid}")
+        terminalreporter.line(f"{len(_SKIPPED)} skipped: CI must run every test "
+                              "(set IRONIC_SNAPSHOT_ALLOW_SKIPS=1 to allow)")
 
 
 @pytest.fixture(scope="session")
