@@ -210,30 +210,40 @@ def test_glance_killed_during_upload(ironic: IronicServer, node: str, disk: Disk
 
         def kill_when_data_flows(agent) -> None:
             # Kill Glance once the step's progress line says image bytes
-            # were sent: the upload is then well under way.
+            # were sent (the upload is then well under way) and the agent
+            # has heartbeaten since the capture started: a capture holding
+            # the GIL would block that heartbeat, end before it and so let
+            # the step succeed, which fails the assertions below.
             def watch() -> None:
                 deadline = time.monotonic() + 180
                 while time.monotonic() < deadline:
-                    if WRITTEN.search(agent.log()):
+                    log = agent.log()
+                    started = stamps(log, "Capture started")
+                    beaten = started and any(
+                        t > started[0] for t in stamps(log, "sleeping before next heartbeat"))
+                    if WRITTEN.search(log) and beaten:
                         seen.append(doomed.get_image(image["id"])["status"])
                         doomed.kill()
                         return
                     time.sleep(0.1)
             threading.Thread(target=watch, daemon=True).start()
 
-        # Slow compression and a small spool make the upload last seconds.
+        # Slow compression (zstd 13 on one thread) and a small spool make the
+        # capture last well past the 3-6 s between two heartbeats.
         outcome = run_service_step(ironic, node, {
             "image_id": image["id"], "glance_endpoint": doomed.endpoint, "auth_token": TOKEN,
-            "device": disk.device, "compression_level": 9, "threads": 1,
+            "device": disk.device, "compression_level": 13, "threads": 1,
             "memory_limit": "8M"}, tmp_path / "ipa", during=kill_when_data_flows)
-    assert seen == ["saving"], f"Glance was not killed during the upload: {seen}"
-    # The agent kept heartbeating while the engine worked (the GIL is free).
+    # The agent kept heartbeating while the engine worked (the GIL is free):
+    # the watcher only kills Glance after a heartbeat during the capture.
     started = stamp(outcome.agent_log, "Capture started")
-    ended = stamp(outcome.agent_log, "Command failed: execute_service_step")
+    ended = stamps(outcome.agent_log, "Command failed: execute_service_step")
+    assert seen == ["saving"] and ended, (
+        "the capture ended before the agent heartbeat during it, or before Glance was killed: "
+        f"{seen}, {outcome.agent_log[-2000:]}")
     beats = [t for t in stamps(outcome.agent_log, "sleeping before next heartbeat")
-             if started < t < ended]
-    if ended - started > 15:
-        assert beats, f"no heartbeat during a {ended - started:.0f} s capture"
+             if started < t < ended[0]]
+    assert beats, f"no heartbeat during a {ended[0] - started:.0f} s capture"
     with start_glance(tmp_path / "glance") as again:
         assert again.get_image(image["id"])["status"] != "active"
     assert_failed_cleanly(ironic, node, outcome, disk, sha_before,
