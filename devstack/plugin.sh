@@ -18,7 +18,7 @@
 #                      IRONIC_SNAPSHOT_IMAGE_ID is set empty: the agent's
 #                      configured credential creates one per run); approve
 #                      the nodes
-#   stack test-config  tell tempest the snapshot feature is there
+#   stack test-config  nothing yet: no tempest test reads a flag of ours
 #   unstack            nothing: the plugin runs no service of its own
 #   clean              remove the built wheel and ramdisk, uninstall
 #
@@ -255,12 +255,6 @@ function configure_ironic_snapshot_runbook {
     fi
 }
 
-# stack test-config: tempest feature flags for the snapshot tests.
-function configure_ironic_snapshot_tempest {
-    iniset "$TEMPEST_CONFIG" baremetal_feature_enabled snapshot True
-    iniset "$TEMPEST_CONFIG" baremetal snapshot_runbook "$IRONIC_SNAPSHOT_RUNBOOK_NAME"
-}
-
 # clean: what install and post-config left behind.
 function cleanup_ironic_snapshot {
     rm -rf "$IRONIC_SNAPSHOT_WHEEL_DIR"
@@ -285,12 +279,6 @@ if is_service_enabled ir-api ir-cond; then
             extra)
                 echo_summary "Registering the ironic-snapshot runbook $IRONIC_SNAPSHOT_RUNBOOK_NAME"
                 configure_ironic_snapshot_runbook
-                ;;
-            test-config)
-                if is_service_enabled tempest; then
-                    echo_summary "Configuring tempest for ironic-snapshot"
-                    configure_ironic_snapshot_tempest
-                fi
                 ;;
         esac
     elif [[ $1 == unstack ]]; then

@@ -1,8 +1,11 @@
 """Agent configuration of the ``snapshot_disk`` step: group ``[snapshot]``.
 
-Operators set these once in the agent's configuration (for example
-``/etc/ironic-python-agent.conf`` in the ramdisk, or kernel parameters via
-``ipa-*``); arguments of a step run override them.
+Operators set these once in the agent's configuration file (for example
+``/etc/ironic-python-agent.conf`` or a file in
+``/etc/ironic-python-agent.d/`` inside the ramdisk); arguments of a step run
+override them. They are not read from ``ipa-*`` kernel parameters: the
+kernel command line is readable by every user and logged, no place for the
+credential options.
 
 The credential options let the step run without per-run arguments (from an
 Ironic runbook): when the step is given no ``image_id`` it authenticates to
