@@ -2,7 +2,9 @@
 //! and MBR (primary, extended and logical partitions).
 //!
 //! Only tables whose checksums and bounds hold are used; a table that is
-//! present but broken is an error, which makes the whole disk read.
+//! present but broken is an error, which makes the whole disk read. So is a
+//! GPT without a protective MBR: the kernel and blkid ignore it, but it
+//! says the disk once had another layout.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -54,7 +56,8 @@ pub(crate) struct Part {
 pub(crate) struct Layout {
     /// Partitions sorted by start, non-overlapping, inside the disk.
     pub partitions: Vec<Part>,
-    /// Byte ranges of the tables themselves (GPT headers and entry arrays).
+    /// Byte ranges of the tables themselves (the MBR, GPT headers and entry
+    /// arrays): always read, wherever they lie.
     pub tables: Vec<Range<u64>>,
 }
 
@@ -72,6 +75,14 @@ const MAX_LOGICAL: u32 = 1024;
 
 /// Reads the partition table: `Ok(None)` when there is none, `Err` when one is
 /// present but cannot be trusted.
+///
+/// The rules are the kernel's and blkid's: a GPT counts only behind an MBR
+/// with a protective (0xEE) entry, alone or in a hybrid MBR. Without one, a
+/// GPT header found at either end of the disk is a leftover the kernel
+/// ignores, typically the backup GPT after the first MiB was zeroed and an
+/// MBR written. Which table the owner means cannot be told from the disk,
+/// and planning by the wrong one skips live data, so that is an error too:
+/// the whole disk is read.
 pub(crate) fn read(disk: &dyn ReadAt, size: u64) -> Result<Option<Layout>, Reason> {
     let mut mbr = [0u8; 512];
     if size < 512 || read_full(disk, 0, &mut mbr).is_err() {
@@ -80,22 +91,34 @@ pub(crate) fn read(disk: &dyn ReadAt, size: u64) -> Result<Option<Layout>, Reaso
     let has_mbr = mbr[510..512] == [0x55, 0xAA];
     let protective = has_mbr && (0..4).any(|i| mbr[0x1BE + 16 * i + 4] == 0xEE);
 
-    let mut gpt_seen = false;
-    for sector in [512u64, 4096] {
-        match gpt(disk, size, sector) {
-            Ok(Some(layout)) => return check(layout, size).map(Some),
-            Ok(None) => {}
-            Err(reason) => {
-                gpt_seen = true;
-                tracing::debug!(sector, %reason, "GPT not usable");
-                if protective || sector == 4096 {
+    if protective {
+        for sector in [512u64, 4096] {
+            match gpt(disk, size, sector) {
+                Ok(Some(mut layout)) => {
+                    layout.tables.push(0..512);
+                    return check(layout, size).map(Some);
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::debug!(sector, %reason, "GPT not usable");
                     return Err(reason);
                 }
             }
         }
-    }
-    if protective || gpt_seen {
         return Err("protective MBR but no valid GPT header".into());
+    }
+    if let Some(at) = gpt_signature(disk, size) {
+        return Err(if has_mbr {
+            format!(
+                "conflicting partition tables: an MBR without a protective (0xEE) entry \
+                 and a GPT header at byte {at} (a stale GPT the kernel ignores?)"
+            )
+        } else {
+            format!(
+                "conflicting partition tables: a GPT header at byte {at} \
+                 but no protective MBR (the kernel ignores such a GPT)"
+            )
+        });
     }
     if !has_mbr {
         return Ok(None);
@@ -103,6 +126,23 @@ pub(crate) fn read(disk: &dyn ReadAt, size: u64) -> Result<Option<Layout>, Reaso
     mbr_layout(disk, size, &mbr)
         .and_then(|layout| check(layout, size))
         .map(Some)
+}
+
+/// Where a GPT header signature sits, valid or not, if anywhere: LBA 1 or
+/// the last LBA, for 512 and 4096 byte sectors.
+fn gpt_signature(disk: &dyn ReadAt, size: u64) -> Option<u64> {
+    let mut places = Vec::with_capacity(4);
+    for sector in [512u64, 4096] {
+        let sectors = size / sector;
+        if sectors >= 3 {
+            places.push(sector);
+            places.push((sectors - 1) * sector);
+        }
+    }
+    places.into_iter().find(|&at| {
+        let mut magic = [0u8; 8];
+        read_full(disk, at, &mut magic).is_ok() && &magic == b"EFI PART"
+    })
 }
 
 /// Sorts partitions and checks that they lie inside the disk without overlapping.
@@ -359,4 +399,196 @@ fn mbr_layout(disk: &dyn ReadAt, size: u64, mbr: &[u8]) -> Result<Layout, Reason
         partitions,
         tables: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// One GPT header of `sectors` 512-byte sectors at `lba`, naming
+    /// `entries_lba` for an array whose CRC is `array_crc`.
+    fn header(
+        lba: u64,
+        alternate: u64,
+        entries_lba: u64,
+        sectors: u64,
+        array_crc: u32,
+    ) -> [u8; 92] {
+        let mut hdr = [0u8; 92];
+        hdr[..8].copy_from_slice(b"EFI PART");
+        hdr[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        hdr[12..16].copy_from_slice(&92u32.to_le_bytes());
+        hdr[24..32].copy_from_slice(&lba.to_le_bytes());
+        hdr[32..40].copy_from_slice(&alternate.to_le_bytes());
+        hdr[40..48].copy_from_slice(&34u64.to_le_bytes());
+        hdr[48..56].copy_from_slice(&(sectors - 34).to_le_bytes());
+        hdr[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+        hdr[80..84].copy_from_slice(&128u32.to_le_bytes());
+        hdr[84..88].copy_from_slice(&128u32.to_le_bytes());
+        hdr[88..92].copy_from_slice(&array_crc.to_le_bytes());
+        let crc = crc32(&hdr);
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+        hdr
+    }
+
+    /// A disk of `mib` MiB with both GPT copies holding one Linux
+    /// partition at `first..=last` (LBAs), and no MBR.
+    fn gpt_disk(mib: u64, first: u64, last: u64) -> Vec<u8> {
+        let size = mib * MIB;
+        let sectors = size / 512;
+        let mut disk = vec![0u8; size as usize];
+        let mut array = vec![0u8; 128 * 128];
+        array[..16].copy_from_slice(&[0xAF; 16]);
+        array[32..40].copy_from_slice(&first.to_le_bytes());
+        array[40..48].copy_from_slice(&last.to_le_bytes());
+        let array_crc = crc32(&array);
+        let backup_array = sectors - 33;
+        disk[512..604].copy_from_slice(&header(1, sectors - 1, 2, sectors, array_crc));
+        disk[1024..1024 + array.len()].copy_from_slice(&array);
+        let at = (backup_array * 512) as usize;
+        disk[at..at + array.len()].copy_from_slice(&array);
+        let at = ((sectors - 1) * 512) as usize;
+        disk[at..at + 92].copy_from_slice(&header(
+            sectors - 1,
+            1,
+            backup_array,
+            sectors,
+            array_crc,
+        ));
+        disk
+    }
+
+    /// Writes MBR slot `i`: type `kind` over `first..first + count` (LBAs).
+    fn mbr_slot(disk: &mut [u8], i: usize, kind: u8, first: u32, count: u32) {
+        let e = 0x1BE + 16 * i;
+        disk[e + 4] = kind;
+        disk[e + 8..e + 12].copy_from_slice(&first.to_le_bytes());
+        disk[e + 12..e + 16].copy_from_slice(&count.to_le_bytes());
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+    }
+
+    fn layout(disk: &Vec<u8>) -> Result<Option<Layout>, Reason> {
+        read(disk, disk.len() as u64)
+    }
+
+    /// (number, start, size) of each partition.
+    fn parts(layout: &Layout) -> Vec<(u32, u64, u64)> {
+        layout
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.start, p.size))
+            .collect()
+    }
+
+    #[test]
+    fn gpt_counts_only_behind_a_protective_or_hybrid_mbr() {
+        let (first, last) = (2048, 4095);
+        let expected = vec![(1, first * 512, (last - first + 1) * 512)];
+
+        let mut disk = gpt_disk(4, first, last);
+        mbr_slot(&mut disk, 0, 0xEE, 1, 8191);
+        assert_eq!(parts(&layout(&disk).unwrap().unwrap()), expected);
+        // Hybrid: the GPT still rules (the kernel's and blkid's choice).
+        mbr_slot(&mut disk, 1, 0x83, 2048, 2048);
+        assert_eq!(parts(&layout(&disk).unwrap().unwrap()), expected);
+        // The primary gone: the backup behind the protective MBR is used.
+        disk[512..1024].fill(0);
+        assert_eq!(parts(&layout(&disk).unwrap().unwrap()), expected);
+
+        // No MBR at all: a GPT the kernel ignores, so a conflict.
+        let disk = gpt_disk(4, first, last);
+        let err = layout(&disk).unwrap_err();
+        assert!(
+            err.contains("conflicting partition tables") && err.contains("byte 512"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stale_gpt_behind_a_plain_mbr_is_a_conflict() {
+        // An MBR partition where no GPT partition was: the plan by the
+        // GPT would probe the wrong place.
+        let mut disk = gpt_disk(4, 2048, 4095);
+        mbr_slot(&mut disk, 0, 0x83, 4096, 2048);
+        let err = layout(&disk).unwrap_err();
+        assert!(
+            err.contains("MBR without a protective (0xEE) entry"),
+            "{err}"
+        );
+        assert!(err.contains("byte 512"), "{err}");
+        // Only the backup left (the first MiB zeroed, then an MBR written).
+        disk[512..MIB as usize].fill(0);
+        let err = layout(&disk).unwrap_err();
+        assert!(err.contains(&format!("byte {}", 4 * MIB - 512)), "{err}");
+        // A broken stale header is as much a conflict as a valid one.
+        let at = (4 * MIB - 512 + 100) as usize;
+        disk[at] ^= 1;
+        assert!(layout(&disk).is_err());
+        // Without any GPT signature the MBR is used.
+        disk[(4 * MIB - 512) as usize..].fill(0);
+        let layout = layout(&disk).unwrap().unwrap();
+        assert_eq!(parts(&layout), [(1, 4096 * 512, 2048 * 512)]);
+    }
+
+    fn run(cmd: &str, args: &[&str]) {
+        let out = Command::new(cmd).args(args).output().unwrap_or_else(|err| {
+            panic!("cannot run {cmd} (install it, see tests/apt-packages.txt): {err}")
+        });
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn sgdisk_gpt_then_zeroed_start_and_sfdisk_mbr_is_a_conflict() {
+        // The sequence of the bug report, with the real tools.
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let img_s = img.to_str().unwrap();
+        run("truncate", &["-s", "64M", img_s]);
+        run("sgdisk", &["-o", "-n1:8M:+32M", img_s]);
+        let file = std::fs::File::open(&img).unwrap();
+        assert_eq!(
+            parts(&read(&file, 64 * MIB).unwrap().unwrap()),
+            [(1, 8 * MIB, 32 * MIB)]
+        );
+        // sgdisk's hybrid MBR: the GPT still counts.
+        run("sgdisk", &["-h", "1", img_s]);
+        assert_eq!(
+            parts(&read(&file, 64 * MIB).unwrap().unwrap()),
+            [(1, 8 * MIB, 32 * MIB)]
+        );
+        run(
+            "dd",
+            &[
+                "if=/dev/zero",
+                &format!("of={img_s}"),
+                "bs=1M",
+                "count=1",
+                "conv=notrunc",
+                "status=none",
+            ],
+        );
+        run(
+            "bash",
+            &[
+                "-c",
+                &format!("printf 'label: dos\\n,48M,83\\n' | sfdisk -q {img_s}"),
+            ],
+        );
+        let err = read(&file, 64 * MIB).unwrap_err();
+        assert!(err.contains("conflicting partition tables"), "{err}");
+        // The planner reads it whole and says why.
+        let plan = crate::fs::plan(&file, 64 * MIB);
+        assert_eq!(plan.ranges, vec![0..64 * MIB]);
+        assert_eq!(plan.partitions.len(), 1);
+        assert_eq!(plan.partitions[0].reason.as_deref(), Some(err.as_str()));
+    }
 }
