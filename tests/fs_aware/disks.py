@@ -261,3 +261,29 @@ def ro_options(kind: str, *, copy: bool) -> str:
     if kind == "ext2":
         return "ro"  # no journal, and the ext4 driver refuses noload for it
     return "ro,noload"
+
+
+def ext_lie_about(device: str, path: str) -> list[int]:
+    """Makes the ext block bitmaps lie consistently about the file ``path``:
+    its blocks are marked free and as many free blocks of the same groups are
+    marked in use, so every group's free count still matches its bitmap and
+    debugfs rewrites valid bitmap and descriptor checksums. Returns the
+    file's blocks (``e2fsck -fn`` then reports the bitmap differences)."""
+    blocks = [int(b) for b in run("debugfs", "-R", f"blocks {path}", device).split()]
+    assert blocks, f"{path} has no blocks"
+    layout = run("dumpe2fs", device)
+    per_group = int(layout.split("Blocks per group:")[1].split()[0])
+    first = int(layout.split("First block:")[1].split()[0])
+    commands = []
+    for group in sorted({(b - first) // per_group for b in blocks}):
+        mine = [b for b in blocks if (b - first) // per_group == group]
+        section = layout.split(f"\nGroup {group}:")[1].split("\nGroup ")[0]
+        free: list[int] = []
+        for run_ in section.split("\n  Free blocks: ")[1].splitlines()[0].split(", "):
+            if run_:
+                lo, _, hi = run_.partition("-")
+                free.extend(range(int(lo), int(hi or lo) + 1))
+        assert len(free) >= len(mine), f"group {group} has too few free blocks to swap"
+        commands += [f"freeb {b}" for b in mine] + [f"setb {b}" for b in free[: len(mine)]]
+    run("debugfs", "-w", "-f", "-", device, input="\n".join(commands) + "\n")
+    return blocks

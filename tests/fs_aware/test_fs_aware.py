@@ -198,3 +198,38 @@ def test_no_skip_free_space_reads_everything(cli_binary: Path, ext4_disk: Disk, 
     capture(cli_binary, ext4_disk.path, image, "--no-skip-free-space")
     disks.run("qemu-img", "check", "-q", image)
     disks.run("qemu-img", "compare", "-q", ext4_disk.path, image)
+
+
+def test_ext4_bitmap_that_lies_consistently_is_copied_whole(
+    cli_binary: Path, marker: bytes, ext4_disk: Disk, tmp_path: Path
+) -> None:
+    """A file's blocks marked free and as many free blocks marked used:
+    checksums and counts all valid, only the inodes tell. Trusting the bitmap
+    would drop the file's data from the image."""
+    path = tmp_path / "disk.img"
+    shutil.copyfile(ext4_disk.path, path)
+    part = ext4_disk.part("ext4")
+    victim = "/var/lib/data/blob6"  # 1 MiB of random bytes
+    with disks.loop(path, part.start, part.size) as dev:
+        with disks.mounted(dev, tmp_path / "before", disks.ro_options("ext4", copy=False)) as mnt:
+            content = (mnt / victim.lstrip("/")).read_bytes()
+        blocks = disks.ext_lie_about(dev, victim)
+        # The lie is real: e2fsck sees it, and debugfs reports the blocks free.
+        fsck = subprocess.run(["e2fsck", "-fn", dev], capture_output=True, text=True, check=False)
+        assert fsck.returncode == 4 and "Block bitmap differences" in fsck.stdout, fsck.stdout
+        assert "marked in use" not in disks.run("debugfs", "-R", f"testb {blocks[0]} 1", dev)
+    before = disks.sha256(path)
+    image = tmp_path / "disk.qcow2"
+    report = capture(cli_binary, path, image)
+    assert disks.sha256(path) == before
+    entry = reported(report, part.number)
+    assert entry["handling"] == "whole", entry
+    assert "block bitmaps mark" in entry["reason"] and "inode" in entry["reason"], entry
+    raw = tmp_path / "restored.raw"
+    restore(image, raw)
+    assert disks.same_bytes(path, raw, part.start, part.size)
+    with disks.loop(raw, part.start, part.size, read_only=True) as dev:
+        with disks.mounted(dev, tmp_path / "after", disks.ro_options("ext4", copy=True)) as mnt:
+            assert (mnt / victim.lstrip("/")).read_bytes() == content
+    # The other partitions are still planned.
+    assert reported(report, ext4_disk.part("swap").number)["handling"] == "header-only"

@@ -13,7 +13,10 @@
 //! metadata block the bitmap marks free all make the partition read whole.
 //! `meta_bg` descriptor layouts are followed as the kernel's `descriptor_loc`.
 
+use std::collections::HashSet;
 use std::ops::Range;
+
+mod inodes;
 
 use super::crc::{crc16_update, crc32c_update};
 use super::field::{be32, le16, le32, le64};
@@ -147,6 +150,8 @@ struct Desc {
     free_blocks: u64,
     flags: u16,
     bitmap_csum: u32,
+    /// Checksum of the inode bitmap (`metadata_csum`).
+    inode_bitmap_csum: u32,
     /// Inodes at the end of the group's table never used (`bg_itable_unused`).
     itable_unused: u64,
 }
@@ -202,35 +207,41 @@ fn plan(slice: &Slice<'_>, sb: &[u8]) -> Result<Allocation, Reason> {
 
     let mut used: Vec<Range<u64>> = meta.clone();
     let uninit_counts = geo.csum != Csum::None;
-    let mut wanted: Vec<(u64, u64)> = descs
+    let wanted: Vec<(u64, u64)> = descs
         .iter()
         .enumerate()
         .filter(|(_, d)| !(uninit_counts && d.flags & BG_BLOCK_UNINIT != 0))
         .map(|(g, d)| (d.block_bitmap, g as u64))
         .collect();
-    wanted.sort_unstable();
-
-    // Read bitmaps in runs of adjacent blocks: flex_bg packs them together.
     let bs = geo.block_size;
-    let mut i = 0;
-    while i < wanted.len() {
-        let mut j = i + 1;
-        while j < wanted.len()
-            && wanted[j].0 == wanted[j - 1].0 + 1
-            && (j - i + 1) as u64 * bs <= MAX_BATCH_BYTES
-        {
-            j += 1;
-        }
-        let buf = slice.read(wanted[i].0 * bs, ((j - i) as u64 * bs) as usize)?;
-        for (k, &(_, g)) in wanted[i..j].iter().enumerate() {
-            let bitmap = &buf[k * bs as usize..(k + 1) * bs as usize];
-            group_blocks(&geo, g, &descs[g as usize], bitmap, &meta, &mut used)?;
-        }
-        i = j;
-    }
-
+    inodes::for_each_block(slice, bs, wanted, |g, bitmap| {
+        group_blocks(&geo, g, &descs[g as usize], bitmap, &meta, &mut used)
+    })?;
     super::normalize(&mut used, geo.blocks);
+
+    // Valid checksums and counts do not make a bitmap right: every block an
+    // in-use inode refers to must be marked in use before anything is skipped.
+    let refs = if super::cross_check_enabled() {
+        let refs = inodes::referenced(slice, &geo, &descs)?;
+        if let Some((block, ino, count)) = inodes::uncovered(&refs.blocks, &used) {
+            return Err(format!(
+                "block bitmaps mark {count} blocks that inodes use free (block {block} of inode {ino}, group {}); run e2fsck",
+                (block - geo.first_data_block) / geo.blocks_per_group
+            ));
+        }
+        tracing::debug!(
+            inodes = refs.inodes,
+            extents = refs.blocks.len(),
+            "ext bitmaps agree with the inodes"
+        );
+        Some(refs)
+    } else {
+        None
+    };
     let used_blocks: u64 = used.iter().map(|r| r.end - r.start).sum();
+    // What is dropped besides free blocks (unused inode table tails, an
+    // empty journal's body): no other inode may have blocks there.
+    let mut skipped: Vec<Range<u64>> = Vec::new();
     if uninit_counts {
         // With descriptor checksums the kernel and e2fsck never look past
         // the used part of an inode table (`bg_itable_unused`, or all of it
@@ -250,6 +261,7 @@ fn plan(slice: &Slice<'_>, sb: &[u8]) -> Result<Allocation, Reason> {
             .collect();
         super::normalize(&mut unused, geo.blocks);
         used = super::subtract(&used, &unused);
+        skipped.extend(unused);
     }
     // An empty journal (clean filesystem) is never read back: skip all but
     // its superblock. Any doubt keeps it.
@@ -257,9 +269,25 @@ fn plan(slice: &Slice<'_>, sb: &[u8]) -> Result<Allocation, Reason> {
         Ok(Some(mut body)) => {
             super::normalize(&mut body, geo.blocks);
             used = super::subtract(&used, &body);
+            skipped.extend(body);
         }
         Ok(None) => {}
         Err(reason) => tracing::debug!(%reason, "Keeping the ext journal"),
+    }
+    if let Some(refs) = refs {
+        let journal = le32(sb, 0xE0)?;
+        super::normalize(&mut skipped, geo.blocks);
+        let others: Vec<(Range<u64>, u32)> = refs
+            .blocks
+            .into_iter()
+            .filter(|(_, ino)| *ino != journal)
+            .collect();
+        let kept = super::subtract(&[0..geo.blocks], &skipped);
+        if let Some((block, ino, _)) = inodes::uncovered(&others, &kept) {
+            return Err(format!(
+                "inode {ino} uses block {block} inside an inode table or the journal; run e2fsck"
+            ));
+        }
     }
     let mut ranges: Vec<Range<u64>> = used.into_iter().map(|r| r.start * bs..r.end * bs).collect();
     // The boot block and the primary superblock, and whatever follows the filesystem.
@@ -471,6 +499,7 @@ fn descriptors(slice: &Slice<'_>, geo: &Geometry, uuid: &[u8]) -> Result<Vec<Des
             return Err(format!("group descriptor {g} checksum mismatch"));
         }
         let bitmap_csum_hi = if ds >= 0x3A { le16(raw, 0x38)? } else { 0 };
+        let inode_bitmap_csum_hi = if ds >= 0x3C { le16(raw, 0x3A)? } else { 0 };
         let d = Desc {
             block_bitmap: u64::from(le32(raw, 0x0)?) | hi(0x20)? << 32,
             inode_bitmap: u64::from(le32(raw, 0x4)?) | hi(0x24)? << 32,
@@ -478,6 +507,7 @@ fn descriptors(slice: &Slice<'_>, geo: &Geometry, uuid: &[u8]) -> Result<Vec<Des
             free_blocks: u64::from(le16(raw, 0xC)?) | hi16(0x2C)? << 16,
             flags: le16(raw, 0x12)?,
             bitmap_csum: u32::from(le16(raw, 0x18)?) | u32::from(bitmap_csum_hi) << 16,
+            inode_bitmap_csum: u32::from(le16(raw, 0x1A)?) | u32::from(inode_bitmap_csum_hi) << 16,
             itable_unused: u64::from(le16(raw, 0x1C)?) | hi16(0x32)? << 16,
         };
         let inside = |b: u64, n: u64| {
@@ -620,12 +650,6 @@ fn group_blocks(
 
 const JBD2_MAGIC: u32 = 0xC03B_3998;
 const EXTENTS_FL: u32 = 0x0008_0000;
-const EXTENT_MAGIC: u16 = 0xF30A;
-/// Deepest extent tree followed.
-const MAX_EXTENT_DEPTH: u16 = 5;
-/// Most extent tree blocks read for the journal (a real one needs a handful):
-/// bounds the work on a crafted tree whose pointers repeat.
-const MAX_EXTENT_NODES: u32 = 256;
 
 /// Blocks of an internal journal past its superblock, when the journal is
 /// empty (`s_start == 0`): a clean unmount left nothing in it to replay,
@@ -652,9 +676,16 @@ fn journal_body(
         return Ok(None);
     }
     let mut extents = Vec::new();
-    let mut budget = MAX_EXTENT_NODES;
     let root = inode.get(0x28..0x28 + 60).ok_or("inode too short")?;
-    walk_extents(slice, geo, root, None, &mut budget, &mut extents)?;
+    inodes::extent_tree(
+        slice,
+        geo,
+        root,
+        &mut HashSet::new(),
+        &mut extents,
+        &mut Vec::new(),
+    )
+    .map_err(|()| "journal extent tree not valid")?;
     // Logical block 0 is the journal superblock: it must say "empty".
     let first = extents
         .iter()
@@ -675,54 +706,4 @@ fn journal_body(
         }
     }
     Ok(Some(body))
-}
-
-/// Collects (logical, physical, length) of every extent under `node`
-/// (an extent header and its entries), checking the tree as it goes.
-fn walk_extents(
-    slice: &Slice<'_>,
-    geo: &Geometry,
-    node: &[u8],
-    want_depth: Option<u16>,
-    budget: &mut u32,
-    out: &mut Vec<(u32, u64, u64)>,
-) -> Result<(), Reason> {
-    let bad = || Reason::from("journal extent tree not valid");
-    if le16(node, 0)? != EXTENT_MAGIC {
-        return Err(bad());
-    }
-    let entries = usize::from(le16(node, 2)?);
-    let depth = le16(node, 6)?;
-    if depth > MAX_EXTENT_DEPTH
-        || want_depth.is_some_and(|d| d != depth)
-        || 12 + 12 * entries > node.len()
-    {
-        return Err(bad());
-    }
-    for i in 0..entries {
-        let e = 12 + 12 * i;
-        if depth == 0 {
-            let logical = le32(node, e)?;
-            let raw_len = u64::from(le16(node, e + 4)?);
-            let len = if raw_len > 32768 {
-                raw_len - 32768
-            } else {
-                raw_len
-            };
-            let physical = u64::from(le16(node, e + 6)?) << 32 | u64::from(le32(node, e + 8)?);
-            if len == 0 || physical < geo.first_data_block || physical + len > geo.blocks {
-                return Err(bad());
-            }
-            out.push((logical, physical, len));
-        } else {
-            let child = u64::from(le16(node, e + 8)?) << 32 | u64::from(le32(node, e + 4)?);
-            if child < geo.first_data_block || child >= geo.blocks || *budget == 0 {
-                return Err(bad());
-            }
-            *budget -= 1;
-            let block = slice.read(child * geo.block_size, geo.block_size as usize)?;
-            walk_extents(slice, geo, &block, Some(depth - 1), budget, out)?;
-        }
-    }
-    Ok(())
 }

@@ -292,6 +292,47 @@ pub(crate) fn subtract(ranges: &[Range<u64>], holes: &[Range<u64>]) -> Vec<Range
 ///
 /// Never fails: whatever cannot be understood is planned whole.
 pub fn plan(disk: &dyn ReadAt, size: u64) -> DiskPlan {
+    plan_with(disk, size, PlanOptions::default())
+}
+
+/// Settings of the planner; the defaults are what a capture uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Cross-check allocation bitmaps and free-space btrees against the
+    /// inodes and other btrees before trusting them. Turned off only to
+    /// measure what the check costs: without it a bitmap that lies
+    /// consistently loses data.
+    pub cross_check: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { cross_check: true }
+    }
+}
+
+thread_local! {
+    /// The options of the plan running on this thread: the parsers read
+    /// them here rather than through every probe's signature.
+    static CROSS_CHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether the plan running on this thread cross-checks what it trusts.
+pub(crate) fn cross_check_enabled() -> bool {
+    CROSS_CHECK.get()
+}
+
+/// [`plan`] with explicit settings.
+pub fn plan_with(disk: &dyn ReadAt, size: u64, options: PlanOptions) -> DiskPlan {
+    /// Restores the default when the plan ends, even by unwinding.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CROSS_CHECK.set(true);
+        }
+    }
+    CROSS_CHECK.set(options.cross_check);
+    let _reset = Reset;
     // The parsers are written not to panic (checked arithmetic, bounded
     // slices); this is a second line of defence for unwinding builds.
     let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan_disk(disk, size)));
