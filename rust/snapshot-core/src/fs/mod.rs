@@ -6,7 +6,8 @@
 //! inconsistency falls back to copying the affected area whole.
 //!
 //! What is kept whole, always: everything outside partitions (the first MiB,
-//! boot code, both GPT copies, extended boot records and gaps), EFI system,
+//! boot code, both GPT copies, extended boot records and gaps), every
+//! partition-table sector even inside another partition, EFI system,
 //! BIOS boot and PReP partitions, and every partition whose content is not
 //! understood or not trustworthy (journal to replay, dirty log, failed
 //! checksum, counts that disagree). ext2/3/4 and XFS keep their allocated

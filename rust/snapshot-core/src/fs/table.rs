@@ -56,8 +56,8 @@ pub(crate) struct Part {
 pub(crate) struct Layout {
     /// Partitions sorted by start, non-overlapping, inside the disk.
     pub partitions: Vec<Part>,
-    /// Byte ranges of the tables themselves (the MBR, GPT headers and entry
-    /// arrays): always read, wherever they lie.
+    /// Byte ranges of the tables themselves (the MBR, every EBR, GPT headers
+    /// and entry arrays): always read, wherever they lie.
     pub tables: Vec<Range<u64>>,
 }
 
@@ -288,11 +288,18 @@ fn gpt(disk: &dyn ReadAt, size: u64, sector: u64) -> Result<Option<Layout>, Reas
     if other < sectors {
         tables.push(other * sector..(other + 1) * sector);
         if other > lba {
-            // The backup array sits just below the backup header.
+            // The backup array usually sits just below the backup header.
             let start = other.saturating_sub(array_sectors) * sector;
             tables.push(start..other * sector);
         } else {
             tables.push(2 * sector..(2 + array_sectors) * sector);
+        }
+        // And where the other header itself says, when it parses.
+        if let Ok(Some(h)) = gpt_header(disk, other, sector, sectors) {
+            let bytes = (u64::from(h.entries) * u64::from(h.entry_size)).min(MAX_GPT_ENTRIES_BYTES);
+            if let Some(start) = h.entries_lba.checked_mul(sector) {
+                tables.push(start..start.saturating_add(bytes).min(size));
+            }
         }
     }
     Ok(Some(Layout { partitions, tables }))
@@ -324,6 +331,9 @@ fn slot(sector: &[u8], i: usize) -> Result<(u8, u8, u64, u64), Reason> {
 /// Reads an MBR and its chain of extended boot records (512-byte sectors).
 fn mbr_layout(disk: &dyn ReadAt, size: u64, mbr: &[u8]) -> Result<Layout, Reason> {
     let mut partitions = Vec::new();
+    // The MBR and every EBR: an EBR may lie inside another partition's free
+    // space, and the logical partitions after it are lost if it is not read.
+    let mut tables = vec![0..512];
     let mut extended = None;
     for i in 0..4 {
         let (status, kind, first, count) = slot(mbr, i)?;
@@ -361,6 +371,7 @@ fn mbr_layout(disk: &dyn ReadAt, size: u64, mbr: &[u8]) -> Result<Layout, Reason
             }
             let mut sector = [0u8; 512];
             read_full(disk, ebr * 512, &mut sector)?;
+            tables.push(ebr * 512..(ebr + 1) * 512);
             if sector[510..512] != [0x55, 0xAA] {
                 return Err(format!(
                     "extended boot record at LBA {ebr} has no signature"
@@ -395,10 +406,7 @@ fn mbr_layout(disk: &dyn ReadAt, size: u64, mbr: &[u8]) -> Result<Layout, Reason
         }
     }
     let _ = size;
-    Ok(Layout {
-        partitions,
-        tables: Vec::new(),
-    })
+    Ok(Layout { partitions, tables })
 }
 
 #[cfg(test)]
@@ -438,6 +446,11 @@ mod tests {
     /// A disk of `mib` MiB with both GPT copies holding one Linux
     /// partition at `first..=last` (LBAs), and no MBR.
     fn gpt_disk(mib: u64, first: u64, last: u64) -> Vec<u8> {
+        gpt_disk_with_backup_array(mib, first, last, mib * MIB / 512 - 33)
+    }
+
+    /// [`gpt_disk`] with the backup entry array at LBA `backup_array`.
+    fn gpt_disk_with_backup_array(mib: u64, first: u64, last: u64, backup_array: u64) -> Vec<u8> {
         let size = mib * MIB;
         let sectors = size / 512;
         let mut disk = vec![0u8; size as usize];
@@ -446,7 +459,6 @@ mod tests {
         array[32..40].copy_from_slice(&first.to_le_bytes());
         array[40..48].copy_from_slice(&last.to_le_bytes());
         let array_crc = crc32(&array);
-        let backup_array = sectors - 33;
         disk[512..604].copy_from_slice(&header(1, sectors - 1, 2, sectors, array_crc));
         disk[1024..1024 + array.len()].copy_from_slice(&array);
         let at = (backup_array * 512) as usize;
@@ -590,5 +602,113 @@ mod tests {
         assert_eq!(plan.ranges, vec![0..64 * MIB]);
         assert_eq!(plan.partitions.len(), 1);
         assert_eq!(plan.partitions[0].reason.as_deref(), Some(err.as_str()));
+    }
+
+    /// Writes an EBR at `lba`: the logical partition at `rel` (from the EBR)
+    /// for `count` sectors, and the link to the next EBR at `next` (from the
+    /// extended partition's start), if any.
+    fn ebr(disk: &mut [u8], lba: u64, rel: u32, count: u32, next: Option<(u32, u32)>) {
+        let at = (lba * 512) as usize;
+        let sector = &mut disk[at..at + 512];
+        mbr_slot(sector, 0, 0x83, rel, count);
+        if let Some((next, next_count)) = next {
+            mbr_slot(sector, 1, 0x05, next, next_count);
+        }
+    }
+
+    #[test]
+    fn boot_records_inside_free_space_are_read() {
+        // Two ext4 images, each with the next EBR in its free last 4 KiB: a
+        // primary one before the extended partition, a logical one before
+        // the last logical partition.
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("ext4");
+        let img_s = img.to_str().unwrap();
+        run("truncate", &["-s", "16M", img_s]);
+        run(
+            "mkfs.ext4",
+            &["-q", "-F", "-b", "4096", "-E", "nodiscard", img_s],
+        );
+        let ext4 = std::fs::read(&img).unwrap();
+        let mut disk = vec![0u8; 40 * MIB as usize];
+        let (p1, l5, l6) = (2048u64, 36864u64, 71680u64);
+        let (ebr1, ebr2) = (p1 + 32768 - 8, l5 + 32768 - 8);
+        let ext_count = (disk.len() / 512) as u64 - ebr1;
+        for start in [p1, l5] {
+            let at = (start * 512) as usize;
+            disk[at..at + ext4.len()].copy_from_slice(&ext4);
+        }
+        mbr_slot(&mut disk, 0, 0x83, p1 as u32, 32768);
+        mbr_slot(&mut disk, 1, 0x05, ebr1 as u32, ext_count as u32);
+        let link = ((ebr2 - ebr1) as u32, (ext_count - (ebr2 - ebr1)) as u32);
+        ebr(&mut disk, ebr1, (l5 - ebr1) as u32, 32768, Some(link));
+        ebr(&mut disk, ebr2, (l6 - ebr2) as u32, 8192, None);
+
+        let layout = layout(&disk).unwrap().unwrap();
+        assert_eq!(
+            parts(&layout),
+            [
+                (1, p1 * 512, 16 * MIB),
+                (5, l5 * 512, 16 * MIB),
+                (6, l6 * 512, 4 * MIB)
+            ]
+        );
+        assert_eq!(
+            layout.tables,
+            [
+                0..512,
+                ebr1 * 512..ebr1 * 512 + 512,
+                ebr2 * 512..ebr2 * 512 + 512
+            ]
+        );
+        let plan = crate::fs::plan(&disk, disk.len() as u64);
+        let handling: Vec<&str> = plan
+            .partitions
+            .iter()
+            .map(|p| p.handling.as_str())
+            .collect();
+        assert_eq!(handling, ["allocated-only", "allocated-only", "whole"]);
+        for lba in [0, ebr1, ebr2] {
+            assert!(
+                plan.overlaps(lba * 512..lba * 512 + 512)
+                    && plan
+                        .ranges
+                        .iter()
+                        .any(|r| r.start <= lba * 512 && lba * 512 + 512 <= r.end),
+                "boot record at LBA {lba} not read: {:?}",
+                plan.ranges
+            );
+        }
+        // The free space around them is still skipped.
+        assert!(!plan.overlaps(ebr1 * 512 - 4096..ebr1 * 512));
+        assert!(!plan.overlaps(ebr2 * 512 + 512..ebr2 * 512 + 4096));
+    }
+
+    #[test]
+    fn both_gpt_copies_are_table_sectors_wherever_their_headers_put_them() {
+        let sectors = 4 * MIB / 512;
+        let mut disk = gpt_disk(4, 2048, 4095);
+        mbr_slot(&mut disk, 0, 0xEE, 1, 8191);
+        let tables = layout(&disk).unwrap().unwrap().tables;
+        for (start, end) in [
+            (0, 1),
+            (1, 2),
+            (2, 34),
+            (sectors - 33, sectors - 1),
+            (sectors - 1, sectors),
+        ] {
+            assert!(
+                tables
+                    .iter()
+                    .any(|t| t.start <= start * 512 && end * 512 <= t.end),
+                "LBAs {start}..{end} not in {tables:?}"
+            );
+        }
+        // A backup array away from its header (a disk grown, a tool's
+        // choice): the header says where, and that is read.
+        let mut disk = gpt_disk_with_backup_array(4, 2048, 4095, 5000);
+        mbr_slot(&mut disk, 0, 0xEE, 1, 8191);
+        let tables = layout(&disk).unwrap().unwrap().tables;
+        assert!(tables.contains(&(5000 * 512..5032 * 512)), "{tables:?}");
     }
 }
