@@ -6,6 +6,7 @@
 
 mod auth;
 mod progress;
+mod signals;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -25,10 +26,13 @@ Exit codes:
   1    other error (a bug: please report it)
   2    usage error: bad option or value, missing endpoint or credentials
   3    source problem: missing, unreadable, changed or failing disk
-  4    output problem: cannot create or write the output, or it exists (use --force)
+  4    output problem: cannot create or write the output or the report, it exists (use --force),
+       or it would overwrite the source
   5    upload problem: Glance or Keystone refused or could not be reached
   6    verification failed: what Glance stored differs from what was sent
-  130  cancelled (Ctrl-C or SIGTERM); partial output is removed";
+  130  cancelled by Ctrl-C (SIGINT); 129 for SIGHUP, 143 for SIGTERM (128 + the signal):
+       the first signal stops the capture, a second one stops at once; either way the
+       partial image and report are removed";
 
 const CAPTURE_ABOUT: &str = "\
 Capture a disk (block device or image file), opened read-only, into a compressed qcow2 or raw image: \
@@ -50,7 +54,9 @@ After the upload, Glance's size, checksum and os_hash_value are checked against 
 
 Reports: --json prints one JSON object (virtual_size, image_size, bytes_read, sha256, sha512, md5, \
 seconds, format, compression, ...) on standard output. With -o - standard output carries the image, so \
---json is refused there: use --report FILE, which writes the same object to FILE in every mode.";
+--json is refused there: use --report FILE, which writes the same object to FILE in every mode. FILE gets the same checks as -o (new unless --force, never the source or the image) before anything is read, and appears only once the capture succeeded.
+
+An image may be written beside a source image file, on the same filesystem; it is refused only when it would change the source: the source itself (or a hard link to it), a path on the device being captured (or a partition of it, or a device stacked on it), or the backing file of a loop device being captured.";
 
 /// Capture a bare-metal node's disk into a cloud image.
 #[derive(Parser)]
@@ -123,7 +129,8 @@ struct CaptureArgs {
     #[arg(long)]
     json: bool,
 
-    /// Write the report as JSON to FILE
+    /// Write the report as JSON to FILE once the capture succeeded (checked
+    /// like OUT before the capture starts; overwritten only with --force)
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
 
@@ -232,14 +239,31 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
         reason: "Use a power of two from 64K to 2M".into(),
     })?;
 
-    // The first Ctrl-C (or SIGTERM) asks the engine to stop and clean up; a
-    // second one exits at once.
+    // The first SIGHUP, SIGINT or SIGTERM asks the engine to stop and clean
+    // up; a second one removes the partial output and exits at once.
     let cancel = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&cancel))
-            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&cancel)))
-            .map_err(|err| Error::Internal(format!("Cannot install the signal handler: {err}")))?;
-    }
+    let cancellation = signals::install(Arc::clone(&cancel))?;
+
+    // The report file is checked and reserved before anything is read: a bad
+    // path fails in seconds, and the capture cannot end by overwriting the
+    // source or the image with JSON.
+    let image_path = match &target {
+        Target::File { path, .. } => Some(path.clone()),
+        _ => None,
+    };
+    let pending_report = args
+        .report
+        .as_deref()
+        .map(|path| {
+            snapshot_core::PendingFile::create(
+                path,
+                args.force,
+                &args.source,
+                image_path.as_deref(),
+                "--report",
+            )
+        })
+        .transpose()?;
 
     let options = CaptureOptions {
         format: match args.format {
@@ -271,14 +295,30 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
     }
     let report = result?;
 
-    let json = serde_json::to_string(&report)
-        .map_err(|err| Error::Internal(format!("Cannot serialise the report: {err}")))?;
-    if let Some(path) = &args.report {
-        std::fs::write(path, format!("{json}\n")).map_err(|source| Error::OutputWrite {
-            target: path.display().to_string(),
-            source,
-        })?;
-    }
+    // From here on the image is complete: a signal that came after the
+    // engine's last check, or a report that cannot be written, still ends
+    // the run with nothing written.
+    let finished = (|| {
+        if signals::received().is_some() {
+            return Err(Error::Cancelled);
+        }
+        let json = serde_json::to_string(&report)
+            .map_err(|err| Error::Internal(format!("Cannot serialise the report: {err}")))?;
+        if let Some(pending) = pending_report {
+            pending.commit(format!("{json}\n").as_bytes())?;
+        }
+        Ok(json)
+    })();
+    let json = match finished {
+        Ok(json) => json,
+        Err(err) => {
+            if let Some(path) = &image_path {
+                let _held = cancellation.hold();
+                remove_finished_image(path);
+            }
+            return Err(err);
+        }
+    };
     if args.json {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{json}")
@@ -293,10 +333,22 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// One human line on standard error when no JSON was asked for.
+/// Removes an image the engine completed when the run fails after all.
+fn remove_finished_image(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "Removed the image"),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "Could not remove the image: delete it by hand")
+        }
+    }
+}
+
+/// One human line on standard error when no JSON was asked for (ignoring a
+/// terminal that is gone).
 fn print_summary(report: &Report) {
     use snapshot_core::format_size;
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "ironic-snapshot: wrote {} ({}) of a {} disk to {} in {:.1} s; sha256 {}",
         format_size(report.image_size),
         serde_json::to_value(report.format)
@@ -335,7 +387,7 @@ fn exit_code(err: &Error) -> u8 {
             ErrorKind::Output => 4,
             ErrorKind::Upload => 5,
             ErrorKind::Verification => 6,
-            ErrorKind::Cancelled => 130,
+            ErrorKind::Cancelled => signals::received().map_or(130, signals::exit_code),
             _ => 1,
         },
     }

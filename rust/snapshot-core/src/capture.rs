@@ -58,7 +58,7 @@ pub fn capture(
     let disk = Source::open(source)?;
     let sink: Box<dyn Sink> = match target {
         Target::File { path, force } => {
-            check_not_on_source(path, &disk)?;
+            source::check_output(path, &disk)?;
             Box::new(FileSink::create(path, *force)?)
         }
         Target::Stdout => Box::new(StdoutSink::new()?),
@@ -158,33 +158,6 @@ fn validate(options: &CaptureOptions) -> Result<Settings> {
         threads,
         checksums: false,
     })
-}
-
-/// Refuses an output that would land on the disk being captured: the output
-/// folder's filesystem lives on the source device (or a partition of it,
-/// or a device stacked on it), or the output is the source itself.
-fn check_not_on_source(output: &Path, disk: &Source) -> Result<()> {
-    let refuse = || Error::OutputOnSource {
-        output: output.to_owned(),
-        source_path: disk.path().to_owned(),
-    };
-    if let Some((dev, ino, rdev)) = crate::sink::file::identity(output) {
-        if (dev, ino) == disk.inode()
-            || rdev.is_some_and(|rdev| source::device_is_on(rdev, disk.device()))
-        {
-            return Err(refuse());
-        }
-    }
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => std::path::PathBuf::from("."),
-    };
-    if let Some((dev, _, _)) = crate::sink::file::identity(&parent) {
-        if source::device_is_on(dev, disk.device()) {
-            return Err(refuse());
-        }
-    }
-    Ok(())
 }
 
 /// Runs a capture into an open sink; aborts the sink on any error.

@@ -115,15 +115,27 @@ pub enum Error {
         /// The output path.
         path: PathBuf,
     },
-    /// The output would be written to the device being captured.
+    /// Writing the output would change the disk being captured.
     #[error(
-        "Output {output} is on the device being captured ({source_path}): write the image to another disk, to standard output or to Glance"
+        "Output {output} {why} ({source_path}): write it to another disk, to standard output or to Glance"
     )]
     OutputOnSource {
         /// The output path.
         output: PathBuf,
         /// The source path.
         source_path: PathBuf,
+        /// How the output meets the source: `is the source itself`, `is on
+        /// the device being captured`, `is the backing file of the loop
+        /// device being captured`.
+        why: &'static str,
+    },
+    /// Two outputs of one capture (the image and the report) are the same file.
+    #[error("{second_option} {path} is also the image output (-o): give it a path of its own")]
+    OutputsCollide {
+        /// The path given twice.
+        path: PathBuf,
+        /// The option naming the second output (`--report`).
+        second_option: &'static str,
     },
     /// Creating or writing the output failed.
     #[error("Writing output {target} failed")]
@@ -208,7 +220,8 @@ impl Error {
             Error::InvalidSize { .. }
             | Error::InvalidOption { .. }
             | Error::OutputExists { .. }
-            | Error::OutputOnSource { .. } => ErrorKind::InvalidInput,
+            | Error::OutputOnSource { .. }
+            | Error::OutputsCollide { .. } => ErrorKind::InvalidInput,
             Error::SourceNotFound { .. }
             | Error::SourceOpen { .. }
             | Error::SourceNotADisk { .. }

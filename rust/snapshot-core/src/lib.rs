@@ -30,6 +30,7 @@ pub use error::{Error, Result};
 pub use options::{CaptureOptions, Compression, Format, Target};
 pub use progress::{NoProgress, Progress, ProgressUpdate};
 pub use report::Report;
+pub use sink::{PendingFile, remove_partial_outputs};
 pub use size::{auto_memory_limit, format_size, parse_memory_limit, parse_size};
 
 /// Version of the engine, recorded in every report.

@@ -234,52 +234,226 @@ pub fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
     out
 }
 
-/// Whether a filesystem on device `device` would store its data on the
-/// source's device `source`: the same device, a partition of it, or a
-/// device stacked on it (device-mapper, md), as sysfs tells.
-pub(crate) fn device_is_on(device: u64, source: u64) -> bool {
-    device_is_on_depth(device, source, 0)
+/// Something a write can change: a block device (`dev_t`) or one file
+/// (`st_dev`, `st_ino`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    Block(u64),
+    File(u64, u64),
 }
 
-fn device_is_on_depth(device: u64, source: u64, depth: u32) -> bool {
-    if device == source {
-        return true;
+/// Why an output is refused: the sentence fragment of
+/// [`Error::OutputOnSource`].
+const IS_SOURCE: &str = "is the source itself";
+const ON_SOURCE: &str = "is on the device being captured";
+const BACKING: &str = "is the backing file of the loop device being captured";
+
+/// Refuses an output path whose writes would change the disk being captured,
+/// and nothing else: the source itself (same inode, through hard links or
+/// symlinks too), a path on a filesystem stored on the source device, on one
+/// of its partitions or on a device stacked on it (device-mapper, md, a loop
+/// device whose backing file lies there), or the backing file of a loop
+/// device being captured. A regular-file source only refuses itself (and
+/// filesystems stored in it through a loop device): an image written beside
+/// it does not touch it.
+///
+/// The same check guards every file the engine's front ends write (the image
+/// and the report), so there is one definition of "on the source".
+pub fn check_output(output: &Path, disk: &Source) -> Result<()> {
+    let refuse = |why: &'static str| Error::OutputOnSource {
+        output: output.to_owned(),
+        source_path: disk.path().to_owned(),
+        why,
+    };
+    let under = disk.storage();
+    let hits = |touched: &[Storage]| {
+        touched
+            .iter()
+            .any(|t| under.iter().any(|u| storage_overlaps(*t, *u)))
+    };
+    if let Ok(meta) = std::fs::metadata(output) {
+        if meta.file_type().is_block_device() {
+            if hits(&block_down(meta.rdev())) {
+                return Err(refuse(ON_SOURCE));
+            }
+        } else {
+            let file = Storage::File(meta.dev(), meta.ino());
+            if (meta.dev(), meta.ino()) == disk.inode() {
+                return Err(refuse(IS_SOURCE));
+            }
+            if under.contains(&file) {
+                return Err(refuse(BACKING));
+            }
+        }
+        // Where the existing file's data lives (a symlink may lead to
+        // another filesystem than its folder's).
+        if hits(&block_down(filesystem_device(meta.dev()))) {
+            return Err(refuse(ON_SOURCE));
+        }
     }
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if let Ok(meta) = std::fs::metadata(&parent) {
+        if hits(&block_down(filesystem_device(meta.dev()))) {
+            return Err(refuse(ON_SOURCE));
+        }
+    }
+    Ok(())
+}
+
+impl Source {
+    /// What the source's bytes are made of: a regular file is only itself
+    /// (writing other files of its filesystem leaves it alone); a block
+    /// device is itself, the devices it is stacked on and the backing files
+    /// of the loop devices among them.
+    fn storage(&self) -> Vec<Storage> {
+        if !self.is_block_device {
+            return vec![Storage::File(self.inode.0, self.inode.1)];
+        }
+        let mut out = Vec::new();
+        stacked_under(self.device, 0, &mut out);
+        let files: Vec<Storage> = out
+            .iter()
+            .filter_map(|s| match s {
+                Storage::Block(dev) => loop_backing_file(*dev),
+                Storage::File(..) => None,
+            })
+            .map(|(dev, ino)| Storage::File(dev, ino))
+            .collect();
+        out.extend(files);
+        out
+    }
+}
+
+/// sysfs folder of a block device, resolved (`/sys/devices/.../sda/sda1`).
+fn sysfs_dir(dev: u64) -> Option<PathBuf> {
+    std::fs::canonicalize(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ))
+    .ok()
+}
+
+/// Whether a write to `touched` can change `source`. Two block devices
+/// overlap when they are the same or one is a partition of the other (a
+/// partition's sysfs folder lies inside its disk's).
+fn storage_overlaps(touched: Storage, source: Storage) -> bool {
+    match (touched, source) {
+        (Storage::File(..), Storage::File(..)) => touched == source,
+        (Storage::Block(a), Storage::Block(b)) => {
+            a == b
+                || match (sysfs_dir(a), sysfs_dir(b)) {
+                    (Some(a), Some(b)) => a.starts_with(&b) || b.starts_with(&a),
+                    _ => false,
+                }
+        }
+        _ => false,
+    }
+}
+
+/// The block device and the devices it is stacked on (its sysfs `slaves`,
+/// recursively).
+fn stacked_under(dev: u64, depth: u32, out: &mut Vec<Storage>) {
+    if out.contains(&Storage::Block(dev)) {
+        return;
+    }
+    out.push(Storage::Block(dev));
     // Stacks deeper than this do not occur; the bound guards against loops.
     if depth > 8 {
-        return false;
+        return;
     }
-    let sys = |dev: u64| {
-        PathBuf::from(format!(
-            "/sys/dev/block/{}:{}",
-            libc::major(dev),
-            libc::minor(dev)
-        ))
+    let Some(dir) = sysfs_dir(dev) else { return };
+    let Ok(slaves) = std::fs::read_dir(dir.join("slaves")) else {
+        return;
     };
-    let (Ok(dev_path), Ok(src_path)) = (
-        std::fs::canonicalize(sys(device)),
-        std::fs::canonicalize(sys(source)),
-    ) else {
-        // Not a block device (tmpfs, overlay...) or sysfs absent: only
-        // equality, checked above, can tell.
-        return false;
-    };
-    // A partition's sysfs folder lies inside its disk's folder.
-    if dev_path.starts_with(&src_path) {
-        return true;
+    for slave in slaves.flatten() {
+        if let Some(slave_dev) = read_dev(&slave.path().join("dev")) {
+            stacked_under(slave_dev, depth + 1, out);
+        }
     }
-    let Ok(slaves) = std::fs::read_dir(dev_path.join("slaves")) else {
-        return false;
+}
+
+/// Everything a write to block device `dev` (or to a filesystem on it) can
+/// change: the device, the devices under it, and for a loop device among
+/// them its backing file and, recursively, the devices that file lives on.
+fn block_down(dev: u64) -> Vec<Storage> {
+    let mut out = Vec::new();
+    block_down_into(dev, 0, &mut out);
+    out
+}
+
+fn block_down_into(dev: u64, depth: u32, out: &mut Vec<Storage>) {
+    let before = out.len();
+    stacked_under(dev, depth, out);
+    if depth > 8 {
+        return;
+    }
+    let added: Vec<u64> = out[before..]
+        .iter()
+        .filter_map(|s| match s {
+            Storage::Block(dev) => Some(*dev),
+            Storage::File(..) => None,
+        })
+        .collect();
+    for dev in added {
+        if let Some((fs_dev, ino)) = loop_backing_file(dev) {
+            if !out.contains(&Storage::File(fs_dev, ino)) {
+                out.push(Storage::File(fs_dev, ino));
+                block_down_into(filesystem_device(fs_dev), depth + 1, out);
+            }
+        }
+    }
+}
+
+/// `(st_dev, st_ino)` of the backing file of loop device `dev` (or of the
+/// loop device a partition `dev` belongs to), from sysfs.
+fn loop_backing_file(dev: u64) -> Option<(u64, u64)> {
+    let dir = sysfs_dir(dev)?;
+    let candidates = [
+        dir.join("loop/backing_file"),
+        dir.join("../loop/backing_file"),
+    ];
+    let text = candidates
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())?;
+    // The kernel prints the path it was given, with " (deleted)" once the
+    // file is unlinked: then nobody can name it as an output anyway.
+    let meta = std::fs::metadata(text.trim_end_matches('\n')).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// The block device behind a filesystem's `st_dev`. Most filesystems report
+/// their device itself; btrfs (and others) report an anonymous device number
+/// that sysfs does not know: then the mount table names the device mounted.
+fn filesystem_device(st_dev: u64) -> u64 {
+    if sysfs_dir(st_dev).is_some() {
+        return st_dev;
+    }
+    let wanted = format!("{}:{}", libc::major(st_dev), libc::minor(st_dev));
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return st_dev;
     };
-    slaves.flatten().any(|slave| {
-        std::fs::read_to_string(slave.path().join("dev"))
-            .ok()
-            .and_then(|text| {
-                let (major, minor) = text.trim().split_once(':')?;
-                Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-            })
-            .is_some_and(|slave_dev| device_is_on_depth(slave_dev, source, depth + 1))
-    })
+    // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE ...
+    table
+        .lines()
+        .filter(|line| line.split(' ').nth(2) == Some(wanted.as_str()))
+        .filter_map(|line| line.split_once(" - ")?.1.split(' ').nth(1))
+        .filter(|source| source.starts_with('/'))
+        .find_map(|source| {
+            let meta = std::fs::metadata(source).ok()?;
+            meta.file_type().is_block_device().then(|| meta.rdev())
+        })
+        .unwrap_or(st_dev)
+}
+
+/// Parses a sysfs `dev` file (`MAJOR:MINOR`).
+fn read_dev(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (major, minor) = text.trim().split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -318,11 +492,34 @@ mod tests {
     }
 
     #[test]
-    fn a_device_is_on_itself() {
-        assert!(device_is_on(libc::makedev(7, 0), libc::makedev(7, 0)));
-        assert!(!device_is_on(
-            libc::makedev(0, 9999),
-            libc::makedev(0, 9998)
+    fn a_device_overlaps_itself_only() {
+        let a = Storage::Block(libc::makedev(7, 0));
+        assert!(storage_overlaps(a, a));
+        assert!(!storage_overlaps(
+            Storage::Block(libc::makedev(0, 9999)),
+            Storage::Block(libc::makedev(0, 9998))
         ));
+        assert!(!storage_overlaps(Storage::File(1, 2), a));
+    }
+
+    #[test]
+    fn a_file_beside_a_file_source_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::write(&disk, [1u8; 4096]).unwrap();
+        let source = Source::open(&disk).unwrap();
+        check_output(&dir.path().join("disk.qcow2"), &source).unwrap();
+        let err = check_output(&disk, &source).unwrap_err();
+        assert!(
+            matches!(err, Error::OutputOnSource { why: IS_SOURCE, .. }),
+            "{err}"
+        );
+        let link = dir.path().join("link.img");
+        std::fs::hard_link(&disk, &link).unwrap();
+        let err = check_output(&link, &source).unwrap_err();
+        assert!(
+            matches!(err, Error::OutputOnSource { why: IS_SOURCE, .. }),
+            "{err}"
+        );
     }
 }

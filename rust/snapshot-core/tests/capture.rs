@@ -254,35 +254,88 @@ fn existing_output_is_refused_and_kept() {
     compare(&source, &image, "qcow2");
 }
 
+/// A regular-file source refuses only itself as output (also through a hard
+/// link); an image beside it, on the same filesystem, is what people do.
 #[test]
-fn output_on_the_source_device_is_refused() {
+fn only_the_source_itself_is_refused_as_output() {
     let dirs = dirs();
     let source = path_in(&dirs.source, "random");
     random_source(&source);
     let sha = sha256_file(&source);
     let image = path_in(&dirs.source, "beside-the-source.qcow2");
-    let err = capture_file(
+    capture_file(
         &source,
         &image,
         &options(Format::Qcow2, Compression::Zstd, K64),
     )
-    .unwrap_err();
-    assert!(matches!(err, Error::OutputOnSource { .. }), "{err}");
-    assert!(!image.exists());
-    // The source itself, with force, is refused too and stays intact.
-    let target = Target::File {
-        path: source.clone(),
-        force: true,
-    };
-    let err = snapshot_core::capture(
-        &source,
-        &target,
-        &options(Format::Raw, Compression::None, K64),
-        &snapshot_core::NoProgress,
-    )
-    .unwrap_err();
-    assert!(matches!(err, Error::OutputOnSource { .. }), "{err}");
+    .unwrap();
+    check(&image);
+    compare(&source, &image, "qcow2");
+    // The source itself and a hard link to it, with force, are refused and
+    // stay intact.
+    let link = path_in(&dirs.source, "hard-link");
+    std::fs::hard_link(&source, &link).unwrap();
+    for output in [&source, &link] {
+        let target = Target::File {
+            path: output.clone(),
+            force: true,
+        };
+        let err = snapshot_core::capture(
+            &source,
+            &target,
+            &options(Format::Raw, Compression::None, K64),
+            &snapshot_core::NoProgress,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::OutputOnSource {
+                    why: "is the source itself",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
     assert_eq!(sha256_file(&source), sha);
+}
+
+/// A panic unwinding through the capture (here from a progress reporter,
+/// which is caller code) leaves no partial image behind.
+#[test]
+fn a_panic_leaves_no_partial_output() {
+    struct Panics;
+    impl snapshot_core::Progress for Panics {
+        fn update(&self, update: &snapshot_core::ProgressUpdate) {
+            if update.written > 0 {
+                panic!("progress reporter failed");
+            }
+        }
+    }
+    let dirs = dirs();
+    let source = path_in(&dirs.source, "mixed");
+    mixed_source(&source);
+    for format in [Format::Qcow2, Format::Raw] {
+        let image = path_in(&dirs.output, "panicked.img");
+        let target = Target::File {
+            path: image.clone(),
+            force: false,
+        };
+        let outcome = std::panic::catch_unwind(|| {
+            snapshot_core::capture(
+                &source,
+                &target,
+                &options(format, Compression::Zstd, K64),
+                &Panics,
+            )
+        });
+        assert!(outcome.is_err(), "the reporter did not panic");
+        assert!(
+            !image.exists(),
+            "partial {format:?} output survived a panic"
+        );
+    }
 }
 
 /// Cancelling from the progress callback stops the capture and removes the

@@ -11,7 +11,7 @@ pub mod glance;
 pub mod http;
 pub mod stdout;
 
-pub use file::FileSink;
+pub use file::{FileSink, PendingFile, remove_partial_outputs};
 pub use stdout::StdoutSink;
 
 use crate::error::{Error, Result};
