@@ -131,9 +131,9 @@ def _fill(root: Path, seed: int, random_bytes: int) -> dict[str, bytes]:
 def source_dir() -> Iterator[Path]:
     """A folder for source disk images on another filesystem than ``tmp_path``.
 
-    The engine refuses to write an image onto the filesystem holding the
-    disk it captures, so sources live in tmpfs (``/dev/shm``) and outputs in
-    ``tmp_path``.
+    Sources live in tmpfs (``/dev/shm``) and outputs in ``tmp_path``, so an
+    output folder holds only what a capture wrote (an image beside its source
+    is allowed: see ``test_image_beside_its_source``).
     """
     path = Path(tempfile.mkdtemp(prefix="ironic-snapshot-src-", dir="/dev/shm"))
     try:

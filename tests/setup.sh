@@ -38,7 +38,8 @@ say "Release CLI"
 cargo build --release --locked -p snapshot-cli 2>&1 | tail -n 2
 
 say "Example: capture the built-in example disk"
-# The source lives on tmpfs: the engine refuses output on the filesystem holding its source.
+# The source lives on tmpfs, the image in a folder of its own: both go when setup ends.
+# (An image beside its source file is allowed; only the source itself is refused.)
 example=$(mktemp -d -p /dev/shm)
 out=$(mktemp -d)
 trap 'rm -rf "$example" "$out"' EXIT

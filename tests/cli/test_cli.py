@@ -10,12 +10,14 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.blockdev import loop_device
+from tests.blockdev import loop_device, mounted
 from tests.stack.glance import GlanceServer, start_glance
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None,
@@ -377,3 +379,231 @@ def test_static_binary_uploads_by_host_name_from_empty_chroot(static_cli: Path, 
     record = glance.get_image(image["id"])
     assert record["status"] == "active"
     assert record["checksum"] == hashlib.md5((root / "disk.img").read_bytes()).hexdigest()
+
+
+# -- Outputs never destroy the source, the image or another file (issue 10) --------------
+
+
+def _random_file(path: Path, mib: int) -> Path:
+    path.write_bytes(os.urandom(mib << 20))
+    return path
+
+
+def test_report_on_source_file_is_refused(cli_binary: Path, tmp_path: Path, source_dir: Path) -> None:
+    source = _random_file(source_dir / "disk.img", 4)
+    before = sha256(source)
+    out = tmp_path / "o.qcow2"
+    for force in ([], ["--force"]):
+        proc = cli(cli_binary, "capture", source, "-o", out, "--report", source, *force)
+        err = proc.stderr.decode()
+        assert proc.returncode == 4, err
+        assert f"Output {source} is the source itself" in err, err
+        assert sha256(source) == before, "the report overwrote the source"
+        assert not out.exists(), "the capture ran although its report path was refused"
+
+
+def test_report_on_source_block_device_is_refused(cli_binary: Path, tmp_path: Path, source_dir: Path) -> None:
+    source = _random_file(source_dir / "disk.img", 8)
+    out = tmp_path / "o.qcow2"
+    with loop_device(source, 0, 8 << 20) as device:
+        before = sha256(Path(device))
+        proc = cli(cli_binary, "capture", device, "-o", out, "--report", device)
+        err = proc.stderr.decode()
+        assert proc.returncode == 4, err
+        assert f"Output {device} is on the device being captured" in err, err
+        assert sha256(Path(device)) == before, "the report was written over the device"
+    assert not out.exists()
+
+
+def test_report_on_the_image_path_is_refused(cli_binary: Path, tmp_path: Path, source_dir: Path) -> None:
+    source = _random_file(source_dir / "disk.img", 4)
+    out = tmp_path / "o.qcow2"
+    proc = cli(cli_binary, "capture", source, "-o", out, "--report", out)
+    assert proc.returncode == 4, proc.stderr.decode()
+    assert f"--report {out} is also the image output (-o)" in proc.stderr.decode()
+    assert not out.exists()
+    # Through another spelling of the same path, over an existing image, with --force.
+    out.write_bytes(b"old image")
+    proc = cli(cli_binary, "capture", source, "-o", out, "--force", "--report", tmp_path / "." / "o.qcow2")
+    assert proc.returncode == 4, proc.stderr.decode()
+    assert out.read_bytes() == b"old image"
+
+
+def test_existing_report_needs_force(cli_binary: Path, tmp_path: Path, source_dir: Path) -> None:
+    source = _random_file(source_dir / "disk.img", 4)
+    out, report = tmp_path / "o.qcow2", tmp_path / "r.json"
+    report.write_text("keep me")
+    proc = cli(cli_binary, "capture", source, "-o", out, "--report", report)
+    assert proc.returncode == 4, proc.stderr.decode()
+    assert f"Output {report} already exists" in proc.stderr.decode()
+    assert report.read_text() == "keep me"
+    assert not out.exists(), "the capture ran although its report path was refused"
+    proc = cli(cli_binary, "capture", source, "-o", out, "--report", report, "--force", *WHOLE)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(report.read_text())["sha256"] == sha256(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.qcow2", "r.json"], "a temporary file was left"
+
+
+def test_unwritable_report_fails_before_reading(cli_binary: Path, tmp_path: Path, source_dir: Path) -> None:
+    """A report that cannot be written fails in well under a second: nothing read, nothing left."""
+    source = _random_file(source_dir / "disk.img", 64)
+    out = tmp_path / "o.qcow2"
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True)
+    try:
+        for report in (read_only / "r.json", tmp_path / "missing-folder" / "r.json"):
+            started = time.monotonic()
+            # zstd level 19 on one thread: this capture would take many seconds.
+            proc = cli(cli_binary, "capture", source, "-o", out, "--report", report, "--threads", "1",
+                       "--level", "19")
+            elapsed = time.monotonic() - started
+            err = proc.stderr.decode()
+            assert proc.returncode == 4, err
+            assert f"Writing output {report} failed" in err, err
+            assert elapsed < 2, f"took {elapsed:.1f} s: the capture ran before the report was checked"
+            assert not out.exists()
+    finally:
+        subprocess.run(["umount", str(read_only)], check=False)
+
+
+# -- Every termination removes partial output (issue 10) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_disk() -> Iterator[str]:
+    """A read-only loop device over an 8 GiB sparse file holding 1 MiB of random data
+    every 64 MiB: the engine reads all of it (a block device), so a capture takes seconds."""
+    folder = Path(tempfile.mkdtemp(prefix="ironic-snapshot-slow-", dir="/dev/shm"))
+    try:
+        path = folder / "slow.img"
+        with open(path, "wb") as f:
+            f.truncate(8 << 30)
+            for at in range(0, 8 << 30, 64 << 20):
+                f.seek(at)
+                f.write(os.urandom(1 << 20))
+        with loop_device(path, 0, 8 << 30, read_only=True) as device:
+            yield device
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for(paths: Callable[[], list[Path]], proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not paths():
+        assert proc.poll() is None, f"the capture ended before {what} appeared"
+        assert time.monotonic() < deadline, f"no {what} appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+@pytest.mark.parametrize("signals", [("SIGHUP",), ("SIGINT",), ("SIGINT", "SIGINT"), ("SIGTERM",),
+                                     ("SIGTERM", "SIGTERM"), ("SIGHUP", "SIGTERM")])
+def test_signals_remove_partial_output(cli_binary: Path, tmp_path: Path, slow_disk: str, fmt: str,
+                                       signals: tuple[str, ...]) -> None:
+    """HUP, INT or TERM, once or twice: exit 128 + the first signal, no image, no report, no temporary file."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out, report = folder / f"disk.{fmt}", folder / "report.json"
+    proc = subprocess.Popen([str(cli_binary), "capture", slow_disk, "-o", str(out), "--format", fmt,
+                             "--report", str(report), "--threads", "1", "--level", "19"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: [out] if out.exists() and out.stat().st_blocks > 0 else [], proc, "image data")
+        for name in signals:
+            proc.send_signal(getattr(signal, name))
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + getattr(signal, signals[0]), err.decode()
+    assert "Capture cancelled" in err.decode(), err.decode()
+    assert list(folder.iterdir()) == [], "partial output survived"
+
+
+def test_second_signal_stops_a_stuck_capture(cli_binary: Path, tmp_path: Path, slow_disk: str) -> None:
+    """-o - into a pipe nobody reads: the first Ctrl-C cannot be noticed, the second
+    stops at once and still removes the pending report."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen([str(cli_binary), "capture", slow_disk, "-o", "-", "--format", "raw",
+                                 "--report", str(folder / "report.json")],
+                                stdout=write_end, stderr=subprocess.PIPE)
+        os.close(write_end)
+        try:
+            _wait_for(lambda: list(folder.iterdir()), proc, "the pending report")
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            assert proc.poll() is None, "the stuck capture ended on the first signal"
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        os.close(read_end)
+    assert proc.returncode == 130, err.decode()
+    assert "SIGINT twice" in err.decode(), err.decode()
+    assert list(folder.iterdir()) == [], "the pending report survived"
+
+
+# -- Outputs beside the source, and what really is the source (issue 10) -------------------
+
+
+def test_image_beside_its_source(cli_binary: Path, source_dir: Path) -> None:
+    """capture disk.img -o disk.qcow2 in one folder, as with qemu-img convert."""
+    source = _random_file(source_dir / "disk.img", 8)
+    before = sha256(source)
+    proc = cli(cli_binary, "capture", source, "-o", source_dir / "disk.qcow2", *WHOLE)
+    assert proc.returncode == 0, proc.stderr.decode()
+    judge(source, source_dir / "disk.qcow2")
+    assert sha256(source) == before
+
+
+def test_hard_link_to_the_source_is_refused(cli_binary: Path, source_dir: Path) -> None:
+    source = _random_file(source_dir / "disk.img", 4)
+    before = sha256(source)
+    link = source_dir / "link.img"
+    link.hardlink_to(source)
+    symlink = source_dir / "symlink.img"
+    symlink.symlink_to(source)
+    for output in (link, symlink):
+        proc = cli(cli_binary, "capture", source, "-o", output, "--force", "--format", "raw")
+        assert proc.returncode == 4, proc.stderr.decode()
+        assert f"Output {output} is the source itself ({source})" in proc.stderr.decode()
+    assert sha256(source) == before
+
+
+def test_output_on_a_filesystem_of_the_captured_device_is_refused(cli_binary: Path, tmp_path: Path,
+                                                                  source_dir: Path) -> None:
+    source = source_dir / "fs.img"
+    with open(source, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(source)], check=True)
+    with loop_device(source, 0, 64 << 20) as device, mounted(device, tmp_path / "mnt") as mnt:
+        before = sha256(source)
+        proc = cli(cli_binary, "capture", device, "-o", mnt / "image.qcow2")
+        assert proc.returncode == 4, proc.stderr.decode()
+        assert f"Output {mnt / 'image.qcow2'} is on the device being captured ({device})" in proc.stderr.decode()
+        assert not (mnt / "image.qcow2").exists()
+        assert sha256(source) == before
+
+
+def test_loop_backing_file_as_output_is_refused(cli_binary: Path, tmp_path: Path, source_dir: Path) -> None:
+    source = _random_file(source_dir / "backing.img", 8)
+    before = sha256(source)
+    with loop_device(source, 0, 8 << 20) as device:
+        proc = cli(cli_binary, "capture", device, "-o", source, "--force", "--format", "raw")
+        err = proc.stderr.decode()
+        assert proc.returncode == 4, err
+        assert f"Output {source} is the backing file of the loop device being captured ({device})" in err, err
+        # Another file in the backing file's folder is fine.
+        proc = cli(cli_binary, "capture", device, "-o", source_dir / "copy.raw", "--format", "raw")
+        assert proc.returncode == 0, proc.stderr.decode()
+    assert sha256(source) == before == sha256(source_dir / "copy.raw")

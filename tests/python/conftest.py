@@ -36,9 +36,8 @@ def _engine_required() -> None:
 def disk_image() -> Iterator[Path]:
     """A 64 MiB sparse disk image: random, text and zero regions, and holes.
 
-    It lives in /dev/shm, another filesystem than the tests' outputs under
-    tmp_path: the engine refuses to write an image onto the filesystem that
-    holds the disk it reads.
+    It lives in /dev/shm, away from the tests' outputs under tmp_path, so a
+    test's output folder holds only what the capture wrote.
     """
     folder = Path(tempfile.mkdtemp(prefix="ironic-snapshot-py-", dir="/dev/shm"))
     path = folder / "disk.img"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -152,3 +154,44 @@ def test_engine_logs_reach_python_logging(disk_image: Path, tmp_path: Path,
         ironic_snapshot.capture(disk_image, tmp_path / "out.qcow2")
     records = [r for r in caplog.records if r.name == "ironic_snapshot.engine"]
     assert records, "no engine log record reached Python logging"
+
+
+def test_output_checks_are_the_engines(disk_image: Path) -> None:
+    """The Python API gets the CLI's protections (one core): beside the source
+    works, the source itself (also through a hard link) is refused."""
+    before = sha256(disk_image)
+    beside = disk_image.parent / "disk.qcow2"
+    ironic_snapshot.capture(disk_image, beside)
+    assert qemu_img("compare", "-f", "raw", "-F", "qcow2", str(disk_image), str(beside)).returncode == 0
+    link = disk_image.parent / "link.img"
+    link.hardlink_to(disk_image)
+    for output in (disk_image, link):
+        with pytest.raises(exceptions.InvalidInputError, match="is the source itself"):
+            ironic_snapshot.capture(disk_image, output, force=True)
+    assert sha256(disk_image) == before
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_engine_panic_leaves_no_partial_output(disk_image: Path, tmp_path: Path, fmt: str) -> None:
+    """A panic inside the engine becomes InternalError and removes the partial file.
+
+    No real input makes the engine panic, so the binding's test hook
+    (IRONIC_SNAPSHOT_TEST_PANIC=1, read once per process: hence a child
+    interpreter) panics in the engine's thread once image bytes were written.
+    """
+    out = tmp_path / f"panicked.{fmt}"
+    code = (
+        "import sys, ironic_snapshot\n"
+        "from ironic_snapshot import exceptions\n"
+        "try:\n"
+        f"    ironic_snapshot.capture({str(disk_image)!r}, {str(out)!r}, format={fmt!r})\n"
+        "except exceptions.InternalError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(0)\n"
+        "sys.exit('no panic')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, IRONIC_SNAPSHOT_TEST_PANIC="1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the engine panicked: IRONIC_SNAPSHOT_TEST_PANIC is set" in proc.stdout, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == [], "a partial image survived the panic"

@@ -378,7 +378,9 @@ fn exit_code(err: &Error) -> u8 {
     match err {
         // Classed as invalid input by the engine (nothing was written), but to
         // a user they are problems with the output.
-        Error::OutputExists { .. } | Error::OutputOnSource { .. } => 4,
+        Error::OutputExists { .. }
+        | Error::OutputOnSource { .. }
+        | Error::OutputsCollide { .. } => 4,
         // No image endpoint in the catalog: the upload cannot happen.
         Error::EndpointNotFound { .. } => 5,
         _ => match err.kind() {

@@ -54,8 +54,22 @@ impl CallbackProgress {
     }
 }
 
+/// Test hook: with `IRONIC_SNAPSHOT_TEST_PANIC=1` in the environment the
+/// engine panics (in its own thread, mid-write) at the first progress update
+/// after image bytes were written. No real input makes the engine panic, yet
+/// the binding promises that a panic leaves no partial output: this is the
+/// only way for a test to prove it. Read once per process.
+fn test_panic_requested() -> bool {
+    static REQUESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REQUESTED
+        .get_or_init(|| std::env::var_os("IRONIC_SNAPSHOT_TEST_PANIC").is_some_and(|v| v == "1"))
+}
+
 impl Progress for CallbackProgress {
     fn update(&self, update: &ProgressUpdate) {
+        if update.written > 0 && test_panic_requested() {
+            panic!("IRONIC_SNAPSHOT_TEST_PANIC is set");
+        }
         let Some(callback) = &self.callback else {
             return;
         };

@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 use snapshot_core::sink::Sink;
 use snapshot_core::{CaptureOptions, Compression, Format, NoProgress, Report, Result, Target};
 
-/// Folders for sources and outputs on different filesystems: the engine
-/// refuses to write an image onto the device it captures.
+/// Folders for sources and outputs on different filesystems, so that an
+/// output folder holds only what a capture wrote (the engine allows an
+/// image beside a source file; it refuses only the source itself).
 pub struct Dirs {
     pub source: tempfile::TempDir,
     pub output: tempfile::TempDir,
