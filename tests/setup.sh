@@ -2,6 +2,7 @@
 # Sets up a fresh machine for ironic-snapshot and runs the main job on the
 # built-in example disk:
 #   1. Debian packages from tests/apt-packages.txt (needs root; skipped if present),
+#      and qemu-system-x86 from bookworm-backports for the guest lab,
 #   2. the virtualenv .venv with tests/requirements.txt and this package,
 #   3. the release CLI (target/release/ironic-snapshot),
 #   4. capture of the example disk into a qcow2 image, judged by qemu-img.
@@ -26,6 +27,23 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
 fi
+
+say "Guest lab: qemu-system-x86 from bookworm-backports"
+# The guest lab (tests/lab) boots real guests. Debian bookworm's own
+# qemu-system-x86 would replace qemu-img 10 (from backports) with 7.2, so
+# both come from the backports suite of the mirror apt already uses.
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2> /dev/null | grep -q 'ok installed'; then
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2> /dev/null | head -n 1)
+        mirror=${mirror:-$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2> /dev/null)}
+        [[ -n $mirror ]] || { echo "No bookworm mirror found in apt's sources" >&2; exit 1; }
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$mirror" > /etc/apt/sources.list.d/ironic-snapshot-backports.sources
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-utils qemu-system-x86 > /dev/null
+fi
+qemu-img --version | head -n 1 | grep -q 'version 10\.' || { echo "qemu-img is not 10.x: $(qemu-img --version | head -n 1)" >&2; exit 1; }
 
 say "Python virtualenv .venv"
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
