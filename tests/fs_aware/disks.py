@@ -122,20 +122,21 @@ def write_stale(root: Path, marker: bytes, size: int) -> None:
     os.sync()
 
 
-def mkfs(kind: str, device: str) -> None:
+def mkfs(kind: str, device: str, *, rmapbt: bool = False) -> None:
     if kind in ("ext4", "ext2"):
         # nodiscard: a discard would punch the stale data out of the file.
         run(f"mkfs.{kind}", "-q", "-F", "-E", "nodiscard", device)
     elif kind == "xfs":
-        run("mkfs.xfs", "-q", "-f", "-K", device)
+        run("mkfs.xfs", "-q", "-f", "-K", "-m", f"rmapbt={int(rmapbt)}", device)
     else:
         raise ValueError(kind)
 
 
-def build_disk(path: Path, table: str, fs: str, marker: bytes) -> Disk:
+def build_disk(path: Path, table: str, fs: str, marker: bytes, *, rmapbt: bool = False) -> Disk:
     """Builds a 448 MiB disk: GPT (BIOS boot, ESP, swap, ``fs``, free tail) or
     MBR (``fs`` primary, extended with swap and ext2 logical partitions),
-    with files written, stale deleted data in free blocks and in swap."""
+    with files written, stale deleted data in free blocks and in swap.
+    ``rmapbt``: an XFS with the reverse-mapping btree."""
     size = 448 * MIB
     with open(path, "wb") as f:
         f.truncate(size)
@@ -166,7 +167,7 @@ def build_disk(path: Path, table: str, fs: str, marker: bytes) -> Disk:
             elif p.kind == "vfat":
                 run("mkfs.vfat", "-n", "ESP", dev)
             else:
-                mkfs(p.kind, dev)
+                mkfs(p.kind, dev, rmapbt=rmapbt)
                 with mounted(dev, path.parent / f"mnt{p.number}", "rw") as mnt:
                     populate(mnt, seed=p.number)
                     write_stale(mnt, marker, 24 * MIB if p.kind != "ext2" else 4 * MIB)
@@ -287,3 +288,20 @@ def ext_lie_about(device: str, path: str) -> list[int]:
         commands += [f"freeb {b}" for b in mine] + [f"setb {b}" for b in free[: len(mine)]]
     run("debugfs", "-w", "-f", "-", device, input="\n".join(commands) + "\n")
     return blocks
+
+
+def xfs_lie_about(device: str, ag: int, start: int, end: int, *, by_size: bool) -> None:
+    """Moves the free extent of AG ``ag`` that starts at block ``end`` back to
+    ``start``, over a file's blocks ``start..end``, in the by-block btree
+    (and the by-size one with ``by_size``): same lengths, so the AGF's free
+    counts still match; xfs_db recomputes every CRC it writes."""
+    def records(tree: str) -> list[tuple[int, int]]:
+        out = run("xfs_db", "-r", "-c", f"agf {ag}", "-c", f"addr {tree}root", "-c", "print recs", device)
+        recs = [line.split(":", 1)[1].strip("[] ") for line in out.splitlines()[1:] if ":" in line]
+        return [tuple(int(v) for v in r.split(",")) for r in recs]  # type: ignore[misc]
+    for tree in ("bno", "cnt") if by_size else ("bno",):
+        starts = [s for s, _ in records(tree)]
+        assert end in starts, f"no free extent of AG {ag} starts at {end} in the {tree}bt: {records(tree)}"
+        index = starts.index(end) + 1
+        run("xfs_db", "-x", "-c", f"agf {ag}", "-c", f"addr {tree}root",
+            "-c", f"write recs[{index}].startblock {start}", device)

@@ -18,6 +18,7 @@ the disk; the image is judged by ``qemu-img check``, restored with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -233,3 +234,47 @@ def test_ext4_bitmap_that_lies_consistently_is_copied_whole(
             assert (mnt / victim.lstrip("/")).read_bytes() == content
     # The other partitions are still planned.
     assert reported(report, ext4_disk.part("swap").number)["handling"] == "header-only"
+
+
+@pytest.mark.parametrize(
+    ("rmapbt", "reason"),
+    [
+        (False, "by-block and by-size free-space btrees of AG"),
+        (True, "the reverse-mapping btree says it is in use"),
+    ],
+)
+def test_xfs_free_space_that_lies_is_copied_whole(
+    cli_binary: Path, marker: bytes, tmp_path: Path, rmapbt: bool, reason: str
+) -> None:
+    """A free extent moved over a file's blocks, lengths and CRCs valid: in
+    the by-block btree only (the by-size btree disagrees) or in both (only
+    the reverse-mapping btree tells)."""
+    disk = disks.build_disk(tmp_path / "disk.img", "mbr", "xfs", marker, rmapbt=rmapbt)
+    part = disk.part("xfs")
+    with disks.loop(disk.path, part.start, part.size) as dev:
+        with disks.mounted(dev, tmp_path / "rw", "rw") as mnt:
+            victim = mnt / "victim.bin"
+            content = disks.pattern(b"VICTIM", MIB)
+            victim.write_bytes(content)
+            os.sync()
+            # One extent: "0: [0..2047]: 512..2559 0 (512..2559) 2048" (sectors).
+            line = disks.run("xfs_bmap", "-v", victim).splitlines()[2].split()
+            ag, (lo, hi) = int(line[3]), line[4].strip("()").split("..")
+        block = 8  # 4096-byte blocks of 512-byte sectors
+        start, end = int(lo) // block, (int(hi) + 1) // block
+        disks.xfs_lie_about(dev, ag, start, end, by_size=rmapbt)
+        repair = subprocess.run(["xfs_repair", "-n", dev], capture_output=True, text=True, check=False)
+        assert repair.returncode == 1, repair.stdout + repair.stderr
+    before = disks.sha256(disk.path)
+    image = tmp_path / "disk.qcow2"
+    report = capture(cli_binary, disk.path, image)
+    assert disks.sha256(disk.path) == before
+    entry = reported(report, part.number)
+    assert entry["handling"] == "whole", entry
+    assert reason in entry["reason"], entry
+    raw = tmp_path / "restored.raw"
+    restore(image, raw)
+    assert disks.same_bytes(disk.path, raw, part.start, part.size)
+    with disks.loop(raw, part.start, part.size, read_only=True) as dev:
+        with disks.mounted(dev, tmp_path / "after", disks.ro_options("xfs", copy=False)) as mnt:
+            assert (mnt / "victim.bin").read_bytes() == content

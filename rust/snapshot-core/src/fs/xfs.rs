@@ -5,7 +5,10 @@
 //! extents are the only parts skipped, so AG headers, the free list, the
 //! log, inodes, directories and data are all kept. Checks: superblock, AGF
 //! and btree block CRCs, magic numbers, levels, owners, self-addresses,
-//! sorted non-overlapping records that match the AGF's free count.
+//! sorted non-overlapping records that match the AGF's free count. Valid
+//! CRCs only prove each tree is the one written, so the trees are checked
+//! against each other too: the by-size btree must list the same extents, and
+//! with `rmapbt` no free extent may overlap a reverse-mapping record.
 //!
 //! The log must be clean (a dirty log means the on-disk btrees may be
 //! stale): the log head is found as the kernel does (cycle numbers, binary
@@ -24,6 +27,10 @@ const SB_MAGIC: &[u8; 4] = b"XFSB";
 const AGF_MAGIC: &[u8; 4] = b"XAGF";
 const BNO_MAGIC_V5: &[u8; 4] = b"AB3B";
 const BNO_MAGIC_V4: &[u8; 4] = b"ABTB";
+const CNT_MAGIC_V5: &[u8; 4] = b"AB3C";
+const CNT_MAGIC_V4: &[u8; 4] = b"ABTC";
+const RMAP_MAGIC: &[u8; 4] = b"RMB3";
+const RO_COMPAT_RMAPBT: u32 = 0x2;
 /// ftype, spinodes, meta_uuid, bigtime, nrext64, exchange-range, parent pointers.
 const INCOMPAT_UNDERSTOOD: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x40 | 0x80;
 const INCOMPAT_META_UUID: u32 = 0x4;
@@ -62,6 +69,8 @@ struct Sb {
     sect_size: u64,
     v5: bool,
     uuid: Vec<u8>,
+    /// The AGs carry a reverse-mapping btree.
+    rmapbt: bool,
     log_start: u64,
     log_blocks: u64,
 }
@@ -141,6 +150,7 @@ fn superblock(slice: &Slice<'_>) -> Result<Sb, Reason> {
         sect_size,
         v5,
         uuid,
+        rmapbt: v5 && be32(&sb, 0xD4)? & RO_COMPAT_RMAPBT != 0,
         log_start: be64(&sb, 0x30)?,
         log_blocks: u64::from(be32(&sb, 0x60)?),
     })
@@ -221,37 +231,139 @@ fn ag_free(slice: &Slice<'_>, sb: &Sb, ag: u64, ag_len: u64) -> Result<Vec<Range
             return Err(format!("AGF of AG {ag} fails its checksum"));
         }
     }
-    let root = u64::from(be32(&agf, 0x10)?);
-    let levels = be32(&agf, 0x1C)?;
     let free_blocks = u64::from(be32(&agf, 0x34)?);
     let longest = u64::from(be32(&agf, 0x38)?);
     // Blocks the AGF's btrees hold beyond their roots: a bound on the walk
     // that stops a crafted tree with repeated pointers from running long.
-    let max_blocks = u64::from(be32(&agf, 0x3C)?) + u64::from(MAX_LEVELS) + 1;
-    if levels == 0 || levels > MAX_LEVELS || root == 0 || root >= ag_len {
-        return Err(format!("free-space btree root of AG {ag} is not valid"));
-    }
-
-    let hdr: usize = if sb.v5 { 56 } else { 16 };
-    let magic = if sb.v5 { BNO_MAGIC_V5 } else { BNO_MAGIC_V4 };
-    let leaf_max = (bs as usize - hdr) / 8;
-    let node_max = (bs as usize - hdr) / 12;
+    let max_blocks = u64::from(be32(&agf, 0x3C)?)
+        + if sb.rmapbt {
+            u64::from(be32(&agf, 0x50)?)
+        } else {
+            0
+        }
+        + u64::from(MAX_LEVELS)
+        + 1;
+    let tree = |index: usize, shape: &'static Shape| {
+        Ok::<_, Reason>(Btree {
+            shape,
+            magic: if sb.v5 {
+                shape.magic_v5
+            } else {
+                shape.magic_v4
+            },
+            root: u64::from(be32(&agf, 0x10 + 4 * index)?),
+            levels: be32(&agf, 0x1C + 4 * index)?,
+            max_blocks,
+        })
+    };
     // Headers occupy the first four sectors of the AG: never free.
     let headers_end = (4 * sb.sect_size).div_ceil(bs);
 
     let mut free: Vec<Range<u64>> = Vec::new();
+    let by_block = tree(0, &BY_BLOCK)?;
+    walk(slice, sb, ag, ag_len, headers_end, &by_block, |rec| {
+        let start = u64::from(be32(rec, 0)?);
+        let len = u64::from(be32(rec, 4)?);
+        let prev_end = free.last().map_or(headers_end, |r| r.end);
+        if len == 0 || start < prev_end || start + len > ag_len {
+            return Err(format!(
+                "free extents of AG {ag} overlap or fall outside it"
+            ));
+        }
+        free.push(start..start + len);
+        Ok(())
+    })?;
+    let total: u64 = free.iter().map(|r| r.end - r.start).sum();
+    let max = free.iter().map(|r| r.end - r.start).max().unwrap_or(0);
+    if total != free_blocks || max != longest {
+        return Err(format!(
+            "free-space btree of AG {ag} disagrees with its AGF counters"
+        ));
+    }
+    if super::cross_check_enabled() {
+        cross_check(slice, sb, ag, ag_len, headers_end, &free, &tree)?;
+    }
+    Ok(free)
+}
+
+/// The layout of one kind of per-AG btree.
+struct Shape {
+    /// Name in messages.
+    name: &'static str,
+    magic_v5: &'static [u8; 4],
+    magic_v4: &'static [u8; 4],
+    /// Bytes of a leaf record.
+    rec_len: usize,
+    /// Bytes of the keys of one node entry (low and high keys for rmapbt).
+    key_len: usize,
+}
+
+const BY_BLOCK: Shape = Shape {
+    name: "free-space",
+    magic_v5: BNO_MAGIC_V5,
+    magic_v4: BNO_MAGIC_V4,
+    rec_len: 8,
+    key_len: 8,
+};
+const BY_SIZE: Shape = Shape {
+    name: "by-size free-space",
+    magic_v5: CNT_MAGIC_V5,
+    magic_v4: CNT_MAGIC_V4,
+    rec_len: 8,
+    key_len: 8,
+};
+/// Records: start, length, owner, offset; node keys: a low and a high key
+/// of start, owner and offset (the tree may overlap, with reflink).
+const RMAP: Shape = Shape {
+    name: "reverse-mapping",
+    magic_v5: RMAP_MAGIC,
+    magic_v4: RMAP_MAGIC,
+    rec_len: 24,
+    key_len: 40,
+};
+
+/// One per-AG btree of an AGF.
+struct Btree {
+    shape: &'static Shape,
+    magic: &'static [u8; 4],
+    root: u64,
+    levels: u32,
+    /// Most blocks the walk may visit.
+    max_blocks: u64,
+}
+
+/// Walks `tree` of AG `ag` depth-first in key order, checking every block
+/// (magic, level, CRC, self-address, owner, UUID, record counts), and hands
+/// each leaf record to `record`.
+fn walk(
+    slice: &Slice<'_>,
+    sb: &Sb,
+    ag: u64,
+    ag_len: u64,
+    headers_end: u64,
+    tree: &Btree,
+    mut record: impl FnMut(&[u8]) -> Result<(), Reason>,
+) -> Result<(), Reason> {
+    let bs = sb.block_size;
+    let name = tree.shape.name;
+    if tree.levels == 0 || tree.levels > MAX_LEVELS || tree.root == 0 || tree.root >= ag_len {
+        return Err(format!("{name} btree root of AG {ag} is not valid"));
+    }
+    let hdr: usize = if sb.v5 { 56 } else { 16 };
+    let leaf_max = (bs as usize - hdr) / tree.shape.rec_len;
+    let node_max = (bs as usize - hdr) / (tree.shape.key_len + 4);
+    let ag_byte = ag * sb.ag_blocks * bs;
     let mut visited = 0u64;
-    // Depth-first in key order, so a valid tree yields sorted records.
-    let mut stack: Vec<(u64, u32)> = vec![(root, levels - 1)];
+    let mut stack: Vec<(u64, u32)> = vec![(tree.root, tree.levels - 1)];
     while let Some((agbno, level)) = stack.pop() {
         visited += 1;
-        if visited > max_blocks || agbno < headers_end || agbno >= ag_len {
-            return Err(format!("free-space btree of AG {ag} is malformed"));
+        if visited > tree.max_blocks || agbno < headers_end || agbno >= ag_len {
+            return Err(format!("{name} btree of AG {ag} is malformed"));
         }
         let daddr_byte = ag_byte + agbno * bs;
         let block = slice.read(daddr_byte, bs as usize)?;
-        let bad = || format!("free-space btree block {agbno} of AG {ag} is not valid");
-        if block.get(..4) != Some(magic) || u32::from(be16(&block, 4)?) != level {
+        let bad = || format!("{name} btree block {agbno} of AG {ag} is not valid");
+        if block.get(..4) != Some(tree.magic) || u32::from(be16(&block, 4)?) != level {
             return Err(bad());
         }
         let numrecs = usize::from(be16(&block, 6)?);
@@ -267,20 +379,14 @@ fn ag_free(slice: &Slice<'_>, sb: &Sb, ag: u64, ag_len: u64) -> Result<Vec<Range
             }
         }
         if level == 0 {
-            // Only a root leaf (an AG with no free space) may be empty.
-            if numrecs > leaf_max || (numrecs == 0 && level + 1 != levels) {
+            // Only a root leaf (an empty tree) may be empty.
+            if numrecs > leaf_max || (numrecs == 0 && level + 1 != tree.levels) {
                 return Err(bad());
             }
-            for i in 0..numrecs {
-                let start = u64::from(be32(&block, hdr + 8 * i)?);
-                let len = u64::from(be32(&block, hdr + 8 * i + 4)?);
-                let prev_end = free.last().map_or(headers_end, |r| r.end);
-                if len == 0 || start < prev_end || start + len > ag_len {
-                    return Err(format!(
-                        "free extents of AG {ag} overlap or fall outside it"
-                    ));
-                }
-                free.push(start..start + len);
+            for rec in
+                block[hdr..hdr + numrecs * tree.shape.rec_len].chunks_exact(tree.shape.rec_len)
+            {
+                record(rec)?;
             }
         } else {
             if numrecs == 0 || numrecs > node_max {
@@ -288,19 +394,78 @@ fn ag_free(slice: &Slice<'_>, sb: &Sb, ag: u64, ag_len: u64) -> Result<Vec<Range
             }
             // Push children right to left so the leftmost is visited first.
             for i in (0..numrecs).rev() {
-                let child = u64::from(be32(&block, hdr + 8 * node_max + 4 * i)?);
+                let child = u64::from(be32(&block, hdr + tree.shape.key_len * node_max + 4 * i)?);
                 stack.push((child, level - 1));
             }
         }
     }
-    let total: u64 = free.iter().map(|r| r.end - r.start).sum();
-    let max = free.iter().map(|r| r.end - r.start).max().unwrap_or(0);
-    if total != free_blocks || max != longest {
+    Ok(())
+}
+
+/// Checks the by-block free extents `free` of AG `ag` against the by-size
+/// btree (the same extents) and, with `rmapbt`, the reverse-mapping btree
+/// (no record may own a free block): checksums prove each tree is the one
+/// written, not that they agree. `tree` builds the AGF's btree `index`.
+fn cross_check(
+    slice: &Slice<'_>,
+    sb: &Sb,
+    ag: u64,
+    ag_len: u64,
+    headers_end: u64,
+    free: &[Range<u64>],
+    tree: &dyn Fn(usize, &'static Shape) -> Result<Btree, Reason>,
+) -> Result<(), Reason> {
+    let mut by_size: Vec<Range<u64>> = Vec::with_capacity(free.len());
+    let cnt = tree(1, &BY_SIZE)?;
+    walk(slice, sb, ag, ag_len, headers_end, &cnt, |rec| {
+        let start = u64::from(be32(rec, 0)?);
+        let len = u64::from(be32(rec, 4)?);
+        by_size.push(start..start.saturating_add(len));
+        Ok(())
+    })?;
+    by_size.sort_unstable_by_key(|r| (r.start, r.end));
+    if by_size != free {
+        let differs = free.iter().zip(&by_size).find(|(a, b)| a != b).map_or_else(
+            || format!("{} extents by block, {} by size", free.len(), by_size.len()),
+            |(a, b)| {
+                format!(
+                    "by block {}+{}, by size {}+{}",
+                    a.start,
+                    a.end - a.start,
+                    b.start,
+                    b.end - b.start
+                )
+            },
+        );
         return Err(format!(
-            "free-space btree of AG {ag} disagrees with its AGF counters"
+            "by-block and by-size free-space btrees of AG {ag} disagree ({differs})"
         ));
     }
-    Ok(free)
+    if !sb.rmapbt {
+        return Ok(());
+    }
+    let mut owned: Vec<Range<u64>> = Vec::new();
+    let rmap = tree(2, &RMAP)?;
+    walk(slice, sb, ag, ag_len, headers_end, &rmap, |rec| {
+        let start = u64::from(be32(rec, 0)?);
+        let len = u64::from(be32(rec, 4)?);
+        owned.push(start..start.saturating_add(len));
+        Ok(())
+    })?;
+    super::normalize(&mut owned, ag_len);
+    let mut i = 0;
+    for f in free {
+        while i < owned.len() && owned[i].end <= f.start {
+            i += 1;
+        }
+        if let Some(o) = owned.get(i).filter(|o| o.start < f.end) {
+            let block = o.start.max(f.start);
+            return Err(format!(
+                "free-space btree of AG {ag} lists block {block} free, the reverse-mapping btree says it is in use"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The internal log, in 512-byte basic blocks.
