@@ -27,7 +27,7 @@ from ironic_snapshot.exceptions import (
 
 if TYPE_CHECKING:
     from ironic_snapshot._engine import VERSION as __version__
-    from ironic_snapshot._engine import capture
+    from ironic_snapshot._engine import capture, check_options
 
 __all__ = [
     "CancelledError",
@@ -40,15 +40,16 @@ __all__ = [
     "VerificationError",
     "__version__",
     "capture",
+    "check_options",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy re-export of the extension's names (PEP 562).
-    if name not in ("capture", "__version__"):
+    if name not in ("capture", "check_options", "__version__"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from ironic_snapshot import _engine
 
-    value: Any = _engine.capture if name == "capture" else _engine.VERSION
+    value: Any = _engine.VERSION if name == "__version__" else getattr(_engine, name)
     globals()[name] = value
     return value

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from os import PathLike
 from typing import Any, Final, Literal, TypedDict, type_check_only
 
-__all__ = ["VERSION", "capture"]
+__all__ = ["VERSION", "capture", "check_options"]
 
 VERSION: Final[str]
 """Version of the engine, recorded in every report."""
@@ -68,4 +68,32 @@ def capture(
         ``compression``, ``level``, ``cluster_size``, ``passes``,
         ``clusters``, ``target``, ``tool_version``.
     :raises ironic_snapshot.SnapshotError: a subclass by kind of failure.
+    """
+
+def check_options(
+    *,
+    format: str | None = "qcow2",
+    compression: str | None = "zstd",
+    level: int | None = None,
+    cluster_size: int | str | None = "64K",
+    threads: int | None = 0,
+    memory_limit: int | str | None = "256M",
+) -> None:
+    """Check capture options as :func:`capture` would, without capturing.
+
+    Each value is parsed and checked by the engine's own rules, so this
+    refuses exactly what a capture would refuse: the snapshot client calls it
+    before it shuts a node down, the ``snapshot_disk`` step before it reads
+    the disk. ``None`` (or leaving an argument out) means the default.
+
+    :param format: ``"qcow2"`` or ``"raw"``.
+    :param compression: ``"zstd"``, ``"zlib"`` or ``"none"``.
+    :param level: compression level, in range for the method (zstd: 1 to 22
+        or negative; zlib: 1 to 9).
+    :param cluster_size: a power of two from 64K to 2M, bytes or a string
+        like ``"64K"``.
+    :param threads: compression workers, 0 (one per core) up to 1024.
+    :param memory_limit: bytes, a string like ``"512M"``, or ``"auto"``.
+    :raises ironic_snapshot.InvalidInputError: a value (or its type) is
+        wrong; the message names the option and what to use.
     """

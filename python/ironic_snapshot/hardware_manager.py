@@ -232,6 +232,35 @@ class _NewImage:
         return name
 
 
+def _withdraw_given_image(images: GlanceImages, image_id: str) -> str:
+    """Makes an image whose stored bytes are wrong unusable; says what was done.
+
+    The image is the caller's, so it is deactivated rather than deleted: no
+    one can boot or download it, and its owner can still look at it. Where
+    Glance refuses that (policy: deactivation was admin-only before Glance's
+    secure defaults, or the token's access rules lack it), the image is
+    deleted instead, because a wrong image must not stay usable.
+    """
+    try:
+        images.deactivate(image_id)
+    except ImageServiceError as exc:
+        LOG.warning("Snapshot: image %(image)s could not be deactivated, deleting it: "
+                    "%(error)s", {"image": image_id, "error": exc.details})
+        refused = exc.details
+    else:
+        LOG.warning("Snapshot: deactivated image %s, whose stored data does not match",
+                    image_id)
+        return f"Image {image_id} was deactivated so that nobody can use it"
+    try:
+        images.delete(image_id)
+    except ImageServiceError as exc:
+        LOG.error("Snapshot: image %(image)s could be neither deactivated nor deleted: "
+                  "%(error)s", {"image": image_id, "error": exc.details})
+        return (f"Image {image_id} could be neither deactivated ({refused}) nor deleted "
+                f"({exc.details}): it is still active, delete it by hand now")
+    return f"Image {image_id} was deleted (deactivating it failed: {refused})"
+
+
 def _delete_own_image(images: GlanceImages, image_id: str) -> str:
     """Deletes an image the step created; returns what happened, for the error."""
     try:
@@ -414,6 +443,15 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         cluster_size = _as_size("cluster_size", kwargs.get("cluster_size", opts.cluster_size))
         memory_limit = _as_size("memory_limit", kwargs.get("memory_limit", opts.memory_limit))
         skip_free_space = _as_bool("skip_free_space", kwargs.get("skip_free_space", opts.skip_free_space))
+        # The engine's own rules (the client runs the same check before the
+        # node is shut down): refuse a bad value before the disk is touched.
+        engine = importlib.import_module("ironic_snapshot._engine")
+        try:
+            engine.check_options(format=disk_format, compression=compression, level=level,
+                                 cluster_size=cluster_size, threads=threads,
+                                 memory_limit=memory_limit)
+        except exceptions.InvalidInputError as exc:
+            raise errors.InvalidCommandParamsError(f"Step snapshot_disk: {exc}") from None
         insecure = _as_bool("insecure", kwargs.get("insecure", opts.insecure))
         verify: bool | str = opts.ca_file or not insecure
 
@@ -457,7 +495,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         if image_id is not None:
             disk_format = self._check_given_image(images, image_id, disk_format)
             return self._capture_into(images, image_id, disk_format, node, device,
-                                      **capture_args)
+                                      own_image=False, **capture_args)
         if new_image is None:  # unreachable: made above when image_id is None
             raise SnapshotEngineError("Step snapshot_disk has no image to fill")
 
@@ -473,7 +511,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         )
         try:
             result = self._capture_into(images, image_id, new_image.disk_format, node,
-                                        device, **capture_args)
+                                        device, own_image=True, **capture_args)
         except Exception as exc:
             # The image is the step's own: nobody else would clean it up.
             outcome = _delete_own_image(images, image_id)
@@ -514,10 +552,12 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                       compression: str,
                       level: int | None, cluster_size: int | str, threads: int,
                       memory_limit: int | str, skip_free_space: bool,
-                      insecure: bool) -> dict[str, Any]:
+                      insecure: bool, own_image: bool) -> dict[str, Any]:
         """Captures ``device`` into the queued ``image_id`` and records the report.
 
-        The same for an image given by id and one the step created.
+        The same for an image given by id and one the step created
+        (``own_image``), except after a failed digest check: a given image is
+        deactivated (or deleted), an own image is left to the caller to delete.
         """
         opts = CONF.snapshot
         LOG.info(
@@ -555,9 +595,13 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                 f"is not active: {exc}"
             ) from exc
         except exceptions.VerificationError as exc:
+            if own_image:
+                # The caller deletes the step's own image, and says so.
+                outcome = "Snapshot again"
+            else:
+                outcome = _withdraw_given_image(images, image_id) + "; snapshot again"
             raise ImageVerificationError(
-                f"Image {image_id} does not match the data of {device}: {exc}. "
-                "Delete the image and snapshot again"
+                f"Image {image_id} does not match the data of {device}: {exc}. {outcome}"
             ) from exc
         except exceptions.SnapshotError as exc:
             raise SnapshotEngineError(f"Capture of {device} failed: {exc}") from exc

@@ -387,3 +387,45 @@ def test_upload_credential_minted_after_power_off(cloud: Cloud, node: str) -> No
         conn.image.delete_image(result.image_id, ignore_missing=True)
         _ensure_power_on(cloud, node)
     assert _alice_credentials(cloud) == []
+
+
+def test_bad_capture_options_refused_before_shutdown(cloud: Cloud, node: str) -> None:
+    """A bad cluster size, memory limit or compression fails before the node is touched.
+
+    The engine's own rules (``check_options``) run in the client: before, such
+    a value failed only in the agent, after the OS was shut down and the
+    ramdisk booted. ``wait=False`` keeps a run that gets past the checks from
+    waiting for an agent that never comes.
+    """
+    from ironic_snapshot.client import ValidationError, snapshot_node
+
+    _ensure_power_on(cloud, node)
+    images_before = {image["id"] for image in cloud.images()}
+    for flags, needle in ((["--cluster-size", "3000"], "--cluster-size: 3000 is not a power "
+                           "of two from 64K to 2M"),
+                          (["--memory-limit", "lots"], 'Invalid memory_limit: Invalid size '
+                           '"lots"'),
+                          (["--compression-level", "99"], "zstd level 99 is out of range")):
+        result = cloud.cli("alice", "baremetal", "node", "snapshot", node, "--name", "x",
+                           *flags)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert needle in result.stderr, result.stderr
+        assert "nothing was changed on the node" in result.stderr, result.stderr
+    conn = openstack.connect(auth_url=cloud.keystone.auth_url, username="alice",
+                             password=PASSWORD, project_name="demo",
+                             user_domain_id="default", project_domain_id="default",
+                             region_name="RegionOne")
+    for kwargs, needle in (({"step_args": {"cluster_size": "4M"}}, "--cluster-size"),
+                           ({"step_args": {"memory_limit": "12Q"}}, "memory_limit"),
+                           ({"compression": "lz4"}, 'compression "lz4"'),
+                           ({"step_args": {"threads": -2}}, "Invalid threads -2")):
+        try:
+            with pytest.raises(ValidationError, match=needle):
+                snapshot_node(conn, node, name="x", wait=False, **kwargs)
+        finally:
+            if cloud.ironic.node(node)["provision_state"] != "active":
+                cloud.ironic.cli("node", "abort", node)
+                cloud.ironic.wait_for_state(node, "active", timeout=120)
+    assert {image["id"] for image in cloud.images()} == images_before
+    assert _alice_credentials(cloud) == []
+    assert _node_settled(cloud, node)["power_state"] == "power on"

@@ -299,3 +299,35 @@ def test_bad_arguments(ironic: IronicServer, glance: GlanceServer, node: str, di
         **args}, tmp_path / "ipa")
     assert glance.get_image(image["id"])["status"] == "queued"
     assert_failed_cleanly(ironic, node, outcome, disk, sha_before, expected)
+
+
+def test_digest_mismatch_deactivates_the_given_image(ironic: IronicServer, glance: GlanceServer,
+                                                     node: str, disk: Disk,
+                                                     tmp_path: Path) -> None:
+    """Glance stores other bytes than the agent sent: the image must not stay usable.
+
+    Real parts do not corrupt data on demand, so a proxy on loopback between
+    the agent and Glance flips one bit of the upload body (not of its chunk
+    framing): Glance stores and hashes the flipped data, the engine's digest
+    check fails, and the step deactivates the caller's image and says so.
+    """
+    from urllib.parse import urlsplit
+
+    from tests.stack.flip_proxy import flip_proxy
+
+    sha_before = disk.sha256()
+    image = glance.create_image("flipped", disk_format="raw")
+    with flip_proxy(urlsplit(glance.endpoint).port, flip_at=(4 << 20) + 7) as proxy:
+        outcome = run_service_step(ironic, node, {
+            "image_id": image["id"], "glance_endpoint": proxy.endpoint,
+            "auth_token": TOKEN, "device": disk.device, "disk_format": "raw"},
+            tmp_path / "ipa")
+    assert proxy.flipped == 1
+    stored = glance.get_image(image["id"])
+    # Deactivated: no one but an admin can download or boot it any more.
+    assert stored["status"] == "deactivated", stored
+    assert stored["os_hash_value"] != hashlib.sha512(disk.image.read_bytes()).hexdigest()
+    assert_failed_cleanly(ironic, node, outcome, disk, sha_before,
+                          rf"Image {image['id']} does not match the data of {disk.device}: "
+                          rf".*(checksum|os_hash_value).*Image {image['id']} was deactivated so that "
+                          "nobody can use it; snapshot again")

@@ -90,6 +90,51 @@ def test_invalid_arguments(disk_image: Path, tmp_path: Path, kwargs: dict, needl
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"format": "vmdk"},
+    {"compression": "lz4"},
+    {"level": 99},
+    {"compression": "zlib", "level": 0},
+    {"cluster_size": "3000"},
+    {"cluster_size": "4M"},
+    {"cluster_size": "12Q"},
+    {"memory_limit": "lots"},
+    {"threads": 5000},
+])
+def test_check_options_refuses_what_capture_refuses(disk_image: Path, tmp_path: Path,
+                                                     kwargs: dict) -> None:
+    """check_options and capture apply one set of rules, with the same message."""
+    with pytest.raises(exceptions.InvalidInputError) as checked:
+        ironic_snapshot.check_options(**kwargs)
+    with pytest.raises(exceptions.InvalidInputError) as captured:
+        ironic_snapshot.capture(disk_image, tmp_path / "x", **kwargs)
+    assert str(checked.value) == str(captured.value)
+    assert checked.value.kind == "invalid_input"
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"threads": -1}, "Invalid threads -1"),
+    ({"threads": True}, "Invalid threads True"),
+    ({"cluster_size": 64.5}, "Invalid cluster_size 64.5"),
+    ({"memory_limit": ["1G"]}, "Invalid memory_limit"),
+    ({"level": "high"}, "Invalid level 'high'"),
+])
+def test_check_options_wrong_types_are_invalid_input(kwargs: dict, needle: str) -> None:
+    # A wrong type from a step argument or an API caller is a typed error too.
+    with pytest.raises(exceptions.InvalidInputError, match=needle):
+        ironic_snapshot.check_options(**kwargs)
+
+
+def test_check_options_accepts_good_values() -> None:
+    for kwargs in ({}, {"format": "raw", "compression": "none"},
+                   {"compression": "zlib", "level": 9, "cluster_size": "2M", "threads": 0,
+                    "memory_limit": "auto"},
+                   {"cluster_size": 65536, "memory_limit": 1 << 30, "threads": 1024},
+                   {"format": None, "compression": None, "memory_limit": None}):
+        assert ironic_snapshot.check_options(**kwargs) is None, kwargs
+
+
 def test_missing_source_is_source_error(tmp_path: Path) -> None:
     with pytest.raises(exceptions.SourceError) as info:
         ironic_snapshot.capture(tmp_path / "nope.img", tmp_path / "out.qcow2")

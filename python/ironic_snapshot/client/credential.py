@@ -81,6 +81,8 @@ def access_rules(image_id: str, endpoint: str) -> list[dict[str, str]]:
         {"service": "image", "method": "GET", "path": base},
         {"service": "image", "method": "PATCH", "path": base},
         {"service": "image", "method": "PUT", "path": f"{base}/file"},
+        # A failed digest check makes the step deactivate the wrong image.
+        {"service": "image", "method": "POST", "path": f"{base}/actions/deactivate"},
     ]
 
 

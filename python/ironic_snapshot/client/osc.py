@@ -126,6 +126,18 @@ class SnapshotBaremetalNode(command.ShowOne):
                             action="store_false", default=True,
                             help="Do not ask the OS to shut down: the disk is only "
                                  "crash-consistent")
+        parser.add_argument("--compression-level", metavar="<level>", type=int,
+                            help="Compression level (default: that of the method)")
+        parser.add_argument("--cluster-size", metavar="<size>",
+                            help="qcow2 cluster size, a power of two from 64K to 2M "
+                                 "(default: the agent's, 64K)")
+        parser.add_argument("--memory-limit", metavar="<size>",
+                            help="Memory for compressed data in the agent before it reads "
+                                 "the disk a second time, such as 1G, or auto (default: "
+                                 "the agent's, auto)")
+        parser.add_argument("--threads", metavar="<count>", type=int,
+                            help="Compression threads in the agent, 0 for one per core "
+                                 "(default: the agent's, 0)")
         parser.add_argument("--keep-failed", action="store_true",
                             help="Keep the image of a failed snapshot")
         return parser
@@ -133,6 +145,11 @@ class SnapshotBaremetalNode(command.ShowOne):
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[tuple[str, ...], tuple]:
         conn = _connection(self.app)
         progress = _ProgressLine()
+        step_args = {name: value for name, value in (
+            ("compression_level", parsed_args.compression_level),
+            ("cluster_size", parsed_args.cluster_size),
+            ("memory_limit", parsed_args.memory_limit),
+            ("threads", parsed_args.threads)) if value is not None}
         try:
             result = workflow.snapshot_node(
                 conn, parsed_args.node, name=parsed_args.name, server=parsed_args.server,
@@ -142,7 +159,8 @@ class SnapshotBaremetalNode(command.ShowOne):
                 clean_shutdown=parsed_args.clean_shutdown,
                 shutdown_timeout=parsed_args.shutdown_timeout,
                 keep_failed=parsed_args.keep_failed, device=parsed_args.device,
-                glance_endpoint=parsed_args.glance_endpoint, progress=progress)
+                glance_endpoint=parsed_args.glance_endpoint, step_args=step_args,
+                progress=progress)
         except SnapshotClientError as exc:
             progress.done()
             raise exceptions.CommandError(str(exc)) from exc

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from keystoneauth1 import exceptions as ks_exc
 
+from ironic_snapshot import _engine
 from ironic_snapshot.client import credential as cred
 from ironic_snapshot.client.errors import (
     ImageError,
@@ -49,6 +50,7 @@ from ironic_snapshot.client.errors import (
     ValidationError,
     VerificationFailedError,
 )
+from ironic_snapshot.exceptions import InvalidInputError
 from ironic_snapshot.glance import normalise_endpoint
 
 __all__ = [
@@ -344,8 +346,6 @@ def _check_request(name: str, disk_format: str, compression: str, visibility: st
         raise ValidationError("The image name must be 1 to 255 characters")
     if disk_format not in DISK_FORMATS:
         raise ValidationError(f"Invalid disk format {disk_format!r}: use qcow2 or raw")
-    if compression not in COMPRESSIONS:
-        raise ValidationError(f"Invalid compression {compression!r}: use zstd, zlib or none")
     if visibility is not None and visibility not in VISIBILITIES:
         raise ValidationError(f"Invalid visibility {visibility!r}: use one of "
                               f"{', '.join(VISIBILITIES)}")
@@ -361,6 +361,16 @@ def _check_request(name: str, disk_format: str, compression: str, visibility: st
     if unknown:
         raise ValidationError(f"Unknown step arguments: {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(PASSTHROUGH_STEP_ARGS))}")
+    # The values too, by the engine's own rules: the step would refuse them
+    # only after the OS was shut down and the ramdisk booted.
+    try:
+        _engine.check_options(format=disk_format, compression=compression,
+                              level=step_args.get("compression_level"),
+                              cluster_size=step_args.get("cluster_size"),
+                              threads=step_args.get("threads"),
+                              memory_limit=step_args.get("memory_limit"))
+    except InvalidInputError as exc:
+        raise ValidationError(f"{exc}: nothing was changed on the node") from None
 
 
 def _glance_endpoint(conn: Any, override: str | None) -> str:

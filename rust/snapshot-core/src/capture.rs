@@ -99,6 +99,18 @@ pub fn capture_into(
     run(&disk, sink, &settings, options, progress, started).map(|(report, _)| report)
 }
 
+/// Checks `options` as [`capture`] does before it opens anything: cluster
+/// size, compression level for the method, thread count.
+///
+/// For front ends that must refuse bad options before something expensive
+/// happens elsewhere (the snapshot client checks them before it shuts a
+/// node down): one set of rules, the engine's.
+///
+/// Errors: [`Error::InvalidOption`] naming the option and what to use.
+pub fn check_options(options: &CaptureOptions) -> Result<()> {
+    validate(options).map(|_| ())
+}
+
 /// Checks options and resolves defaults into pipeline settings.
 fn validate(options: &CaptureOptions) -> Result<Settings> {
     let cs = options.cluster_size;

@@ -25,7 +25,7 @@ pub mod sink;
 pub mod size;
 pub mod source;
 
-pub use capture::{capture, capture_into};
+pub use capture::{capture, capture_into, check_options};
 pub use error::{Error, Result};
 pub use options::{CaptureOptions, Compression, Format, Target};
 pub use progress::{NoProgress, Progress, ProgressUpdate};

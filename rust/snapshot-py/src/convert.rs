@@ -1,8 +1,8 @@
 //! Conversions between Python argument values and the engine's types.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
-use snapshot_core::{Compression, Format};
+use pyo3::types::{PyBool, PyDict, PyList};
+use snapshot_core::{CaptureOptions, Compression, Format};
 
 use crate::errors::invalid_input;
 
@@ -34,6 +34,62 @@ impl SizeArg {
                 .map_err(|err| invalid_input(py, &format!("Invalid memory_limit: {err}"))),
         }
     }
+}
+
+/// The engine options of `capture`'s arguments, each parsed by the core's
+/// own parsers (`check_options` uses the same conversion, so that the client
+/// and the step refuse exactly what a capture would).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn capture_options(
+    py: Python<'_>,
+    format: &str,
+    compression: &str,
+    level: Option<i32>,
+    cluster_size: &SizeArg,
+    threads: usize,
+    memory_limit: &SizeArg,
+    skip_free_space: bool,
+) -> PyResult<CaptureOptions> {
+    Ok(CaptureOptions {
+        format: parse_format(py, format)?,
+        compression: parse_compression(py, compression)?,
+        level,
+        cluster_size: u32::try_from(cluster_size.bytes(py, "cluster_size")?).map_err(|_| {
+            invalid_input(
+                py,
+                "Invalid cluster_size: use a power of two from 64K to 2M",
+            )
+        })?,
+        threads,
+        memory_limit: memory_limit.memory_limit(py)?,
+        skip_free_space,
+        cancel: None,
+    })
+}
+
+/// An optional argument of `check_options` as `T`, or an `InvalidInputError`
+/// saying what `name` takes (`expected`) when it is of another type. A bool
+/// is refused where a number is expected: `True` is no thread count.
+pub(crate) fn loose<'py, T: pyo3::conversion::FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    value: Option<&Bound<'py, PyAny>>,
+    name: &str,
+    expected: &str,
+) -> PyResult<Option<T>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let refuse = || {
+        let shown = value
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into());
+        invalid_input(py, &format!("Invalid {name} {shown}: use {expected}"))
+    };
+    if value.is_instance_of::<PyBool>() {
+        return Err(refuse());
+    }
+    value.extract::<T>().map(Some).map_err(|_| refuse())
 }
 
 /// Parses the `format` argument.

@@ -28,7 +28,7 @@ mod _engine {
     use snapshot_core::options::Secret;
     use snapshot_core::{CaptureOptions, Target};
 
-    use crate::convert::{SizeArg, json_to_py, parse_compression, parse_format};
+    use crate::convert::{SizeArg, capture_options, json_to_py};
     use crate::errors::{engine_error, invalid_input, panic_error};
     use crate::progress::CallbackProgress;
 
@@ -116,19 +116,17 @@ mod _engine {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         let options = CaptureOptions {
-            format: parse_format(py, format)?,
-            compression: parse_compression(py, compression)?,
-            level,
-            cluster_size: u32::try_from(cluster_size.bytes(py, "cluster_size")?).map_err(|_| {
-                invalid_input(
-                    py,
-                    "Invalid cluster_size: use a power of two from 64K to 2M",
-                )
-            })?,
-            threads,
-            memory_limit: memory_limit.memory_limit(py)?,
-            skip_free_space,
             cancel: Some(cancel.clone()),
+            ..capture_options(
+                py,
+                format,
+                compression,
+                level,
+                &cluster_size,
+                threads,
+                &memory_limit,
+                skip_free_space,
+            )?
         };
         let reporter =
             CallbackProgress::new(progress, Duration::from_secs_f64(progress_interval), cancel);
@@ -159,5 +157,67 @@ mod _engine {
             Ok(Err(err)) => Err(engine_error(py, &err)),
             Err(payload) => Err(panic_error(py, &crate::errors::panic_message(&payload))),
         }
+    }
+    /// Checks capture options without capturing: see
+    /// `ironic_snapshot._engine.pyi`.
+    ///
+    /// Kept apart from `capture`: the snapshot client calls it before it
+    /// changes anything on a node, the step before it reads the disk. Each
+    /// value is taken as loosely as `capture` takes it (a wrong Python type
+    /// is an `InvalidInputError` too, not a `TypeError`), then parsed and
+    /// checked by the engine's own rules ([`snapshot_core::check_options`]).
+    #[pyfunction]
+    #[pyo3(signature = (
+        *, format = None, compression = None, level = None, cluster_size = None,
+        threads = None, memory_limit = None,
+    ))]
+    #[pyo3(
+        text_signature = "(*, format='qcow2', compression='zstd', level=None, cluster_size='64K', \
+        threads=0, memory_limit='256M')"
+    )]
+    fn check_options(
+        py: Python<'_>,
+        format: Option<&Bound<'_, PyAny>>,
+        compression: Option<&Bound<'_, PyAny>>,
+        level: Option<&Bound<'_, PyAny>>,
+        cluster_size: Option<&Bound<'_, PyAny>>,
+        threads: Option<&Bound<'_, PyAny>>,
+        memory_limit: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        use crate::convert::loose;
+
+        let format: String =
+            loose(py, format, "format", "\"qcow2\" or \"raw\"")?.unwrap_or_else(|| "qcow2".into());
+        let compression: String = loose(
+            py,
+            compression,
+            "compression",
+            "\"zstd\", \"zlib\" or \"none\"",
+        )?
+        .unwrap_or_else(|| "zstd".into());
+        let level: Option<i32> = loose(py, level, "level", "an integer, or None")?;
+        let size = "a size such as \"64K\" or \"2M\", or a number of bytes";
+        let cluster_size: SizeArg =
+            loose(py, cluster_size, "cluster_size", size)?.unwrap_or(SizeArg::Str("64K".into()));
+        let threads: usize =
+            loose(py, threads, "threads", "0 (one per core) up to 1024")?.unwrap_or(0);
+        let memory_limit: SizeArg = loose(
+            py,
+            memory_limit,
+            "memory_limit",
+            "a size such as \"512M\" or a number of bytes, or \"auto\"",
+        )?
+        .unwrap_or(SizeArg::Str("256M".into()));
+        let options = capture_options(
+            py,
+            &format,
+            &compression,
+            level,
+            &cluster_size,
+            threads,
+            &memory_limit,
+            true,
+        )?;
+        snapshot_core::check_options(&options).map_err(|err| engine_error(py, &err))
     }
 }
