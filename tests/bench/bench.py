@@ -18,6 +18,11 @@ Contenders on the 8 GiB disk:
 
 On the 64 GiB disk (same data, bigger ext4) ``ours`` runs again for the
 scaling ratio; ``--qemu-64`` adds qemu-img there too (it reads all 64 GiB).
+
+With ``--planner`` (the ``plan`` example of snapshot-core), what planning
+costs on each disk is measured first, with and without the cross-check of
+allocation bitmaps against the inodes: median seconds and the metadata bytes
+and reads the planner makes. ``--plan-only`` stops there.
 """
 
 import argparse
@@ -279,6 +284,10 @@ def main():
                         help="scheduling niceness for the benchmark and every run (e.g. -10 on a busy machine)")
     parser.add_argument("--profile", action="store_true",
                         help="after the 8 GiB runs: ours with --threads 1 and 2, and one run under perf")
+    parser.add_argument("--planner", help="the plan example (snapshot-core): measure planning with and"
+                        " without the cross-check")
+    parser.add_argument("--plan-runs", type=int, default=7, help="runs of each planner variant (default 7)")
+    parser.add_argument("--plan-only", action="store_true", help="measure planning only, no captures")
     parser.add_argument("--ours-arg", action="append", default=[],
                         help="extra argument for every ironic-snapshot run (repeatable)")
     args = parser.parse_args()
@@ -328,6 +337,7 @@ def bench(args, work):
         plans.append(("64G", args.disk64, contenders))
 
     results = {}
+    planning = {}
     failures = []
     stamps = {}
     for label, disk, contenders in plans:
@@ -338,23 +348,75 @@ def bench(args, work):
             # The kernel drops a block device's page cache when its last opener
             # closes it: hold it open so the warm-up read stays cached for the runs.
             stack.enter_context(open(dev, "rb", buffering=0))
-            bench_disk(args, label, disk, dev, contenders, work, results, failures)
+            if args.planner:
+                plan_cost(args, label, dev, planning, failures)
+            if not args.plan_only:
+                bench_disk(args, label, disk, dev, contenders, work, results, failures)
         subprocess.run(["sync"], check=False)
         st = os.stat(disk)
         if (st.st_size, st.st_mtime_ns) != stamps[disk]:
             failures.append("%s changed during the benchmark" % disk)
 
+    print_planning(planning)
+    if args.plan_only:
+        for f in failures:
+            print("FAILED: %s" % f)
+        return 1 if failures else 0
     print_summary(results)
     missed = print_targets(results)
     if args.results:
         args.results.write_text(json.dumps({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "runs": args.runs, "results": results, "missed": missed, "failures": failures,
+            "runs": args.runs, "results": results, "planning": planning, "missed": missed,
+            "failures": failures,
         }, indent=2))
         print("bench: measurements written to %s" % args.results)
     for f in failures:
         print("FAILED: %s" % f)
     return 1 if failures else 0
+
+
+def plan_cost(args, label, dev, planning, failures):
+    """Plans the disk ``--plan-runs`` times with the cross-check and as many
+    without, alternately, after one untimed run of each (which caches the
+    metadata both read); records medians and what the planner read."""
+    variants = {"cross-check": [], "no cross-check": []}
+    for i in range(args.plan_runs + 1):
+        for name, extra in (("cross-check", []), ("no cross-check", ["--no-cross-check"])):
+            out = json.loads(run([args.planner, dev] + extra))
+            if i:
+                variants[name].append(out)
+    entry = {}
+    for name, outs in variants.items():
+        last = outs[-1]
+        entry[name] = {
+            "seconds": [o["seconds"] for o in outs],
+            "median_s": median([o["seconds"] for o in outs]),
+            "metadata_bytes_read": last["metadata_bytes_read"],
+            "metadata_reads": last["metadata_reads"],
+            "bytes_to_read": last["bytes_to_read"],
+            "partitions": [(p["number"], p["content"], p["handling"], p.get("reason")) for p in last["partitions"]],
+        }
+        print("bench: %s plan, %-14s %8.1f ms median of %d, %8.2f MiB metadata in %5d reads, plans %.1f MiB"
+              % (label, name + ":", entry[name]["median_s"] * 1000, len(outs),
+                 last["metadata_bytes_read"] / MIB, last["metadata_reads"], last["bytes_to_read"] / MIB),
+              flush=True)
+    on, off = entry["cross-check"], entry["no cross-check"]
+    if on["partitions"] != off["partitions"]:
+        # A healthy disk: the cross-check must agree with the bitmaps.
+        failures.append("%s: the cross-check changed the plan of a healthy disk: %s" % (label, on["partitions"]))
+    planning[label] = entry
+
+
+def print_planning(planning):
+    for label, e in planning.items():
+        on, off = e["cross-check"], e["no cross-check"]
+        print("plan  %-4s cross-check costs %+.1f ms (%.1f vs %.1f ms) and %+.2f MiB of metadata"
+              " (%.2f vs %.2f MiB, %d vs %d reads)" % (
+                  label, (on["median_s"] - off["median_s"]) * 1000, on["median_s"] * 1000,
+                  off["median_s"] * 1000, (on["metadata_bytes_read"] - off["metadata_bytes_read"]) / MIB,
+                  on["metadata_bytes_read"] / MIB, off["metadata_bytes_read"] / MIB,
+                  on["metadata_reads"], off["metadata_reads"]))
 
 
 def bench_disk(args, label, disk, dev, contenders, work, results, failures):

@@ -4,7 +4,7 @@
 # See tests/bench/README.md. Needs root. Exits non-zero only when a run or a
 # validation fails; missed targets are printed as "TARGET MISSED" lines.
 #
-# Usage: tests/bench/run.sh [--runs N] [--no-64] [--qemu-64] [--profile] [--nice N] [--cli PATH]
+# Usage: tests/bench/run.sh [--runs N] [--no-64] [--qemu-64] [--profile] [--plan-only] [--nice N] [--cli PATH]
 #                           [--out-dir DIR] [-- EXTRA ironic-snapshot ARGS]
 # Environment: BENCH_DIR (caches, disks, results; default /var/tmp/ironic-snapshot-bench)
 set -euo pipefail
@@ -14,13 +14,14 @@ repo=$(cd "$here/../.." && pwd)
 bench_dir=${BENCH_DIR:-/var/tmp/ironic-snapshot-bench}
 export BENCH_DIR=$bench_dir
 
-runs=3 with64=1 qemu64=() profile=() nice=() cli="" out_dir=/dev/shm extra=()
+runs=3 with64=1 qemu64=() profile=() plan_only=() nice=() cli="" out_dir=/dev/shm extra=()
 while (($#)); do
     case $1 in
         --runs) runs=${2:?--runs needs a number}; shift 2 ;;
         --no-64) with64=0; shift ;;
         --qemu-64) qemu64=(--qemu-64); shift ;;
         --profile) profile=(--profile); shift ;;
+        --plan-only) plan_only=(--plan-only); shift ;;
         --nice) nice=(--nice "${2:?--nice needs a number}"); shift 2 ;;
         --cli) cli=${2:?--cli needs a path}; shift 2 ;;
         --out-dir) out_dir=${2:?--out-dir needs a folder}; shift 2 ;;
@@ -36,6 +37,9 @@ if [[ -z $cli ]]; then
     (cd "$repo" && cargo build --release --locked -p snapshot-cli)
     cli=$repo/target/release/ironic-snapshot
 fi
+# The planner alone, to measure what planning and its cross-check cost.
+(cd "$repo" && cargo build --release --locked -p snapshot-core --example plan)
+planner=$repo/target/release/examples/plan
 
 # Disks are rebuilt when the scripts that make them change.
 stamp=$(cat "$here/build-disk.sh" "$here/make-payload.py" | sha256sum | cut -c1-16)
@@ -51,8 +55,8 @@ disk() {
     echo "$img"
 }
 disk8=$(disk 8g)
-args=(--cli "$cli" --disk8 "$disk8" --runs "$runs" --out-dir "$out_dir"
-      --results "$bench_dir/results-$(date -u +%Y%m%dT%H%M%SZ).json" "${qemu64[@]}" "${profile[@]}" "${nice[@]}")
+args=(--cli "$cli" --planner "$planner" --disk8 "$disk8" --runs "$runs" --out-dir "$out_dir"
+      --results "$bench_dir/results-$(date -u +%Y%m%dT%H%M%SZ).json" "${qemu64[@]}" "${profile[@]}" "${plan_only[@]}" "${nice[@]}")
 if ((with64)); then
     args+=(--disk64 "$(disk 64g)")
 fi
