@@ -10,7 +10,11 @@ packages:
   console that logs ``root`` in by itself (prompt :data:`PROMPT`);
 - :func:`uefi_grub_disk`: that tree as a GPT disk with a FAT ESP (written
   with mtools) holding a standalone GRUB, and an ext4 root made by
-  ``mke2fs -d``: no loop device, no mount, no host kernel involved.
+  ``mke2fs -d``: no loop device, no mount, no host kernel involved;
+- :func:`uefi_systemd_boot_disk`: the same with systemd-boot, the kernel and
+  initrd on the ESP;
+- :func:`bios_grub_disk`: an MBR disk with GRUB's boot sector and core image
+  in the gap before the first partition, for SeaBIOS.
 
 Results are cached outside the repository (``IRONIC_SNAPSHOT_LAB_CACHE``,
 default ``/var/cache/ironic-snapshot-lab``) under a name that changes with the
@@ -31,7 +35,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PROMPT", "ROOT_LABEL", "cache_dir", "debian_tree", "uefi_grub_disk"]
+__all__ = ["PROMPT", "ROOT_LABEL", "bios_grub_disk", "cache_dir", "debian_tree",
+           "uefi_grub_disk", "uefi_systemd_boot_disk"]
 
 #: Shell prompt of the guest's root login on the serial console.
 PROMPT = "lab-guest# "
@@ -142,17 +147,67 @@ def debian_tree() -> Path:
     return tree
 
 
-def _grub_efi(out: Path, work: Path) -> None:
-    """A standalone GRUB EFI binary whose embedded config boots the root by label."""
+#: Kernel command line of every lab disk.
+CMDLINE = f"root=LABEL={ROOT_LABEL} ro console=ttyS0,115200 quiet"
+
+
+def _grub_cfg(work: Path) -> Path:
+    """A GRUB config that boots the root filesystem found by its label."""
     cfg = work / "grub.cfg"
     cfg.write_text(
         "set timeout=0\n"
         f"search --no-floppy --label {ROOT_LABEL} --set=root\n"
-        f"linux /boot/vmlinuz root=LABEL={ROOT_LABEL} ro console=ttyS0,115200 quiet\n"
+        f"linux /boot/vmlinuz {CMDLINE}\n"
         "initrd /boot/initrd.img\n"
         "boot\n")
-    _run("grub-mkstandalone", "-O", "x86_64-efi", "-o", out,
-         "--modules=part_gpt ext2 search_label linux normal", f"boot/grub/grub.cfg={cfg}")
+    return cfg
+
+
+def _root_image(out: Path, root_mib: int) -> Path:
+    """The ext4 root filesystem made from :func:`debian_tree` by ``mke2fs -d``."""
+    _run("mke2fs", "-q", "-t", "ext4", "-L", ROOT_LABEL, "-d", debian_tree(),
+         "-E", "root_owner=0:0", out, f"{root_mib}M")
+    return out
+
+
+def _esp_image(out: Path, esp_mib: int, files: dict[str, Path]) -> Path:
+    """A FAT32 ESP holding ``files`` (ESP path -> host file), written with mtools."""
+    _run("mkfs.fat", "-F", "32", "-n", "ESP", "-C", out, esp_mib * 1024)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    folders = sorted({str(Path(p).parent) for p in files if str(Path(p).parent) != "."},
+                     key=len)
+    made: set[str] = set()
+    for folder in folders:
+        parts = Path(folder).parts
+        for depth in range(1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            if sub not in made:
+                _run("mmd", "-i", out, f"::/{sub}", env=env)
+                made.add(sub)
+    for dest, src in files.items():
+        _run("mcopy", "-i", out, src, f"::/{dest}", env=env)
+    return out
+
+
+def _gpt_disk(out: Path, esp: Path, root: Path) -> Path:
+    """A GPT disk: partition 1 the ESP, partition 2 the root (``dd``'d in place)."""
+    esp_mib = esp.stat().st_size >> 20
+    total = 1 + esp_mib + (root.stat().st_size >> 20) + 1
+    out.unlink(missing_ok=True)
+    with open(out, "wb") as disk:
+        disk.truncate(total << 20)
+    # No -q: `sgdisk -q -n` returned 0 and wrote nothing on this kind of machine.
+    _run("sgdisk", "-n", f"1:2048:+{esp_mib}M", "-t", "1:ef00", "-c", "1:ESP",
+         "-n", "2:0:0", "-t", "2:8304", "-c", "2:root", out)
+    for number, part in ((1, esp), (2, root)):
+        _place(out, part, _partition_start(out, number))
+    return out
+
+
+def _place(disk: Path, part: Path, start: int) -> None:
+    """Writes ``part`` into ``disk`` at byte ``start`` (holes stay holes)."""
+    _run("dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={start}", "oflag=seek_bytes",
+         "conv=notrunc,sparse", "status=none")
 
 
 def uefi_grub_disk(out: Path, *, root_mib: int = 1536, esp_mib: int = 64) -> Path:
@@ -161,32 +216,70 @@ def uefi_grub_disk(out: Path, *, root_mib: int = 1536, esp_mib: int = 64) -> Pat
     Nothing is mounted: mtools fills the ESP, ``mke2fs -d`` the root, ``dd``
     places both. Returns ``out``.
     """
+    with tempfile.TemporaryDirectory(prefix="lab-disk-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        grub = work / "BOOTX64.EFI"
+        _run("grub-mkstandalone", "-O", "x86_64-efi", "-o", grub,
+             "--modules=part_gpt ext2 search_label linux normal",
+             f"boot/grub/grub.cfg={_grub_cfg(work)}")
+        esp = _esp_image(work / "esp.img", esp_mib, {"EFI/BOOT/BOOTX64.EFI": grub})
+        return _gpt_disk(out, esp, _root_image(work / "root.img", root_mib))
+
+
+#: systemd-boot's EFI binary on this machine (Debian ``systemd-boot-efi``).
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+
+
+def uefi_systemd_boot_disk(out: Path, *, root_mib: int = 1536, esp_mib: int = 128) -> Path:
+    """Writes a raw GPT disk to ``out`` booted by systemd-boot (kernel and initrd on the ESP)."""
     tree = debian_tree()
     with tempfile.TemporaryDirectory(prefix="lab-disk-", dir=out.parent) as tmp:
         work = Path(tmp)
-        esp = work / "esp.img"
-        _run("mkfs.fat", "-F", "32", "-n", "ESP", "-C", esp, esp_mib * 1024)
-        _grub_efi(work / "BOOTX64.EFI", work)
-        env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-        _run("mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", env=env)
-        _run("mcopy", "-i", esp, work / "BOOTX64.EFI", "::/EFI/BOOT/BOOTX64.EFI", env=env)
-        root = work / "root.img"
-        _run("mke2fs", "-q", "-t", "ext4", "-L", ROOT_LABEL, "-d", tree, "-E", "root_owner=0:0",
-             root, f"{root_mib}M")
+        loader = work / "loader.conf"
+        loader.write_text("default debian.conf\ntimeout 0\n")
+        entry = work / "debian.conf"
+        entry.write_text(f"title Debian\nlinux /vmlinuz\ninitrd /initrd.img\noptions {CMDLINE}\n")
+        esp = _esp_image(work / "esp.img", esp_mib, {
+            "EFI/BOOT/BOOTX64.EFI": SYSTEMD_BOOT,
+            "loader/loader.conf": loader,
+            "loader/entries/debian.conf": entry,
+            "vmlinuz": (tree / "boot" / "vmlinuz").resolve(),
+            "initrd.img": (tree / "boot" / "initrd.img").resolve(),
+        })
+        return _gpt_disk(out, esp, _root_image(work / "root.img", root_mib))
+
+
+def bios_grub_disk(out: Path, *, root_mib: int = 1536) -> Path:
+    """Writes a raw MBR disk to ``out`` for BIOS: GRUB in the MBR and the gap, ext4 partition 1.
+
+    What ``grub-install`` would do on a device, done on a file: ``boot.img``
+    (its first 440 bytes, the partition table kept) in sector 0, which loads
+    sector 1; ``core.img`` from sector 1, whose first sector (``diskboot``)
+    loads the rest from sector 2 on, as grub-mkimage's default block list says.
+    """
+    with tempfile.TemporaryDirectory(prefix="lab-disk-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        root = _root_image(work / "root.img", root_mib)
+        core = work / "core.img"
+        early = work / "early.cfg"
+        early.write_text(f"search --no-floppy --label {ROOT_LABEL} --set=root\n"
+                         "set prefix=($root)/boot/grub\n"
+                         f"linux /boot/vmlinuz {CMDLINE}\ninitrd /boot/initrd.img\nboot\n")
+        _run("grub-mkimage", "-O", "i386-pc", "-o", core, "-c", early, "-p", "/boot/grub",
+             "biosdisk", "part_msdos", "ext2", "search", "search_label", "linux", "normal")
+        if core.stat().st_size > (2048 - 1) * 512:
+            raise RuntimeError(f"GRUB core image ({core.stat().st_size} B) does not fit the 1 MiB gap")
         out.unlink(missing_ok=True)
-        total = 1 + esp_mib + root_mib + 1
         with open(out, "wb") as disk:
-            disk.truncate(total << 20)
-        # No -q: `sgdisk -q -n` returned 0 and wrote nothing on this kind of machine.
-        _run("sgdisk", "-n", f"1:2048:+{esp_mib}M", "-t", "1:ef00", "-c", "1:ESP",
-             "-n", "2:0:0", "-t", "2:8304", "-c", "2:root", out)
-        for number, part in ((1, esp), (2, root)):
-            start = _partition_start(out, number)
-            _run("dd", f"if={part}", f"of={out}", "bs=1M", f"seek={start}", "oflag=seek_bytes",
-                 "conv=notrunc,sparse", "status=none")
+            disk.truncate((1 + root_mib) << 20)
+        _run("sfdisk", "-q", out, input="label: dos\nstart=2048, type=83, bootable\n")
+        boot_img = Path("/usr/lib/grub/i386-pc/boot.img").read_bytes()
+        with open(out, "r+b") as disk:
+            disk.write(boot_img[:440])
+            disk.seek(512)
+            disk.write(core.read_bytes())
+        _place(out, root, 2048 * 512)
     return out
-
-
 def _partition_start(disk: Path, number: int) -> int:
     """First byte of partition ``number`` as sgdisk laid it out."""
     info = _run("sgdisk", "-i", number, disk).stdout

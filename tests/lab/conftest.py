@@ -29,10 +29,29 @@ def lab_requirements() -> None:
         pytest.fail(f"guest lab tools missing ({', '.join(missing) or 'OVMF'}): run tests/setup.sh")
 
 
+#: The lab's bootable disk kinds: builder and firmware.
+DISK_KINDS = {
+    "uefi-grub": (build.uefi_grub_disk, "uefi"),
+    "uefi-systemd-boot": (build.uefi_systemd_boot_disk, "uefi"),
+    "bios-grub": (build.bios_grub_disk, "bios"),
+}
+
+_BUILT: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
-def uefi_grub_disk(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A raw UEFI/GRUB Debian disk, built once per test session (read it, do not write it)."""
-    return build.uefi_grub_disk(tmp_path_factory.mktemp("lab") / "uefi-grub.raw")
+def lab_disk(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory
+             ) -> Callable[[str], tuple[Path, str]]:
+    """``lab_disk(kind)``: a raw Debian disk of that kind (built once per session) and its firmware.
+
+    Read it, do not write it: boot a :func:`disk_copy` instead.
+    """
+    def get(kind: str) -> tuple[Path, str]:
+        builder, firmware = DISK_KINDS[kind]
+        if kind not in _BUILT:
+            _BUILT[kind] = builder(tmp_path_factory.mktemp("lab") / f"{kind}.raw")
+        return _BUILT[kind], firmware
+    return get
 
 
 @pytest.fixture

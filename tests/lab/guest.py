@@ -122,9 +122,12 @@ class Guest:
 
 
 @contextlib.contextmanager
-def boot(disks: Sequence[Path | tuple[Path, str]], work: Path, *, memory_mib: int = 1024,
-         extra: Sequence[str] = ()) -> Iterator[Guest]:
-    """Boots a UEFI guest from ``disks`` (the first is the boot disk); always ends qemu.
+def boot(disks: Sequence[Path | tuple[Path, str]], work: Path, *, firmware: str = "uefi",
+         memory_mib: int = 1024, extra: Sequence[str] = ()) -> Iterator[Guest]:
+    """Boots a guest from ``disks`` (the first is the boot disk); always ends qemu.
+
+    ``firmware`` is ``uefi`` (OVMF, a fresh copy of its variable store) or
+    ``bios`` (qemu's SeaBIOS).
 
     Each disk is a path (its format guessed from the suffix: ``.qcow2`` or
     raw) or ``(path, format)``; each becomes a virtio disk in order
@@ -132,13 +135,15 @@ def boot(disks: Sequence[Path | tuple[Path, str]], work: Path, *, memory_mib: in
     ``work/console.log``.
     """
     work.mkdir(parents=True, exist_ok=True)
-    vars_copy = work / "OVMF_VARS.fd"
-    shutil.copyfile(OVMF_VARS, vars_copy)
     args = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-M", "q35",
-            "-m", str(memory_mib), "-smp", "2", "-nographic", "-no-reboot",
-            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,file={vars_copy}",
-            "-nic", "none"]
+            "-m", str(memory_mib), "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"]
+    if firmware == "uefi":
+        vars_copy = work / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, vars_copy)
+        args += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+    elif firmware != "bios":
+        raise ValueError(f"firmware must be uefi or bios, not {firmware!r}")
     for disk in disks:
         path, fmt = disk if isinstance(disk, tuple) else (disk, "qcow2" if str(disk).endswith(".qcow2") else "raw")
         args += ["-drive", f"file={path},format={fmt},if=virtio,cache=unsafe"]

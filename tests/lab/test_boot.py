@@ -1,6 +1,8 @@
 """Captured images boot: a real Debian disk, booted, captured with the CLI, booted again.
 
-Each disk is booted once writable under OVMF/TCG: the guest writes a token
+Three disk kinds (UEFI with GRUB, UEFI with systemd-boot, both GPT with a
+FAT ESP; BIOS with GRUB on an MBR disk). Each disk is booted once writable
+under OVMF or SeaBIOS (TCG): the guest writes a token
 that only this run knows and shuts down (cleanly, or by an immediate reset
 that leaves the journal to recover). The CLI captures the disk with free
 space skipped, ``qemu-img check`` judges the image, its root filesystem must
@@ -17,14 +19,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.blockdev import loop_device, run
 from tests.lab import guest as lab
 
 
-def write_token(disk: Path, work: Path, *, clean: bool) -> str:
+def write_token(disk: Path, firmware: str, work: Path, *, clean: bool) -> str:
     """Boots ``disk`` writable, stores a fresh token in /root/token, shuts down."""
     token = uuid.uuid4().hex
-    with lab.boot([disk], work) as vm:
+    with lab.boot([disk], work, firmware=firmware) as vm:
         vm.wait_for_prompt()
         vm.sh(f"echo {token} > /root/token && sync")
         if clean:
@@ -48,11 +52,17 @@ def capture(cli: Path, disk: Path, out: Path) -> dict:
     return report
 
 
+def root_partition(report: dict) -> dict:
+    """The report entry of the disk's ext4 root partition."""
+    (root,) = [p for p in report["partitions"] if p["content"] == "ext4"]
+    return root
+
+
 def root_fsck(image: Path, tmp: Path, report: dict) -> str:
-    """``e2fsck -fn`` of the image's root partition (partition 2); returns its output."""
+    """``e2fsck -fn`` of the image's root partition; returns its output."""
     raw = tmp / "restored.raw"
     run("qemu-img", "convert", "-O", "raw", image, raw)
-    part = next(p for p in report["partitions"] if p["number"] == 2)
+    part = root_partition(report)
     with loop_device(raw, part["start"], part["size"], read_only=True) as dev:
         proc = subprocess.run(["e2fsck", "-fn", dev], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -60,9 +70,9 @@ def root_fsck(image: Path, tmp: Path, report: dict) -> str:
     return proc.stdout
 
 
-def read_token(image: Path, work: Path) -> str:
+def read_token(image: Path, firmware: str, work: Path) -> str:
     """Boots ``image`` (writes go to a throwaway overlay) and reads /root/token."""
-    with lab.boot([image], work, extra=["-snapshot"]) as vm:
+    with lab.boot([image], work, firmware=firmware, extra=["-snapshot"]) as vm:
         vm.wait_for_prompt()
         _, out = vm.sh("cat /root/token")
         vm.send("systemctl poweroff\n")
@@ -70,29 +80,33 @@ def read_token(image: Path, work: Path) -> str:
     return out.strip()
 
 
-def test_uefi_grub_image_boots(uefi_grub_disk: Path, disk_copy: Callable[[Path], Path],
-                               cli_binary: Path, tmp_path: Path) -> None:
-    disk = disk_copy(uefi_grub_disk)
-    token = write_token(disk, tmp_path / "first-boot", clean=True)
+@pytest.mark.parametrize("kind", ["uefi-grub", "uefi-systemd-boot", "bios-grub"])
+def test_image_boots(kind: str, lab_disk: Callable[[str], tuple[Path, str]],
+                     disk_copy: Callable[[Path], Path], cli_binary: Path, tmp_path: Path) -> None:
+    built, firmware = lab_disk(kind)
+    disk = disk_copy(built)
+    token = write_token(disk, firmware, tmp_path / "first-boot", clean=True)
     sha_before = run("sha256sum", disk, text=True).stdout.split()[0]
     image = tmp_path / "snapshot.qcow2"
     report = capture(cli_binary, disk, image)
     assert run("sha256sum", disk, text=True).stdout.split()[0] == sha_before
-    root = next(p for p in report["partitions"] if p["number"] == 2)
-    assert (root["content"], root["handling"]) == ("ext4", "allocated-only"), report["partitions"]
+    root = root_partition(report)
+    assert root["handling"] == "allocated-only", report["partitions"]
     assert root["bytes_to_read"] < root["size"] // 2, root
     root_fsck(image, tmp_path, report)
-    assert read_token(image, tmp_path / "image-boot") == token
+    assert read_token(image, firmware, tmp_path / "image-boot") == token
 
 
-def test_unclean_disk_image_boots(uefi_grub_disk: Path, disk_copy: Callable[[Path], Path],
-                                  cli_binary: Path, tmp_path: Path) -> None:
-    disk = disk_copy(uefi_grub_disk)
-    token = write_token(disk, tmp_path / "first-boot", clean=False)
+def test_unclean_disk_image_boots(lab_disk: Callable[[str], tuple[Path, str]],
+                                  disk_copy: Callable[[Path], Path], cli_binary: Path,
+                                  tmp_path: Path) -> None:
+    built, firmware = lab_disk("uefi-grub")
+    disk = disk_copy(built)
+    token = write_token(disk, firmware, tmp_path / "first-boot", clean=False)
     image = tmp_path / "snapshot.qcow2"
     report = capture(cli_binary, disk, image)
-    root = next(p for p in report["partitions"] if p["number"] == 2)
+    root = root_partition(report)
     # A journal to replay: nothing of that partition may be skipped.
     assert root["handling"] == "whole" and "journal" in root.get("reason", ""), root
     run("qemu-img", "compare", "-q", disk, image)
-    assert read_token(image, tmp_path / "image-boot") == token
+    assert read_token(image, firmware, tmp_path / "image-boot") == token
