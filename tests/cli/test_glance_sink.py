@@ -2,20 +2,22 @@
 
 ``glance_put`` (rust/snapshot-cli/examples) streams its standard input through
 ``GlanceSink`` and verifies, or aborts after N bytes. These tests pin down what
-Glance is left with in each case.
+Glance is left with in each case, and what the error says when Glance refuses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import select
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.stack.glance import GlanceServer
+from tests.stack.glance import GlanceServer, start_glance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,3 +137,126 @@ def test_glance_killed_mid_upload(tmp_path: Path, glance_put: Path) -> None:
     with start_glance(tmp_path / "glance", port=None) as again:
         status = again.get_image(image["id"])["status"]
         assert status != "active", status
+
+
+#: ``image_size_cap`` of ``strict_glance``.
+SIZE_CAP = 12 << 20
+#: ``user_storage_quota`` of ``strict_glance``.
+STORAGE_QUOTA = 16 << 20
+
+
+@pytest.fixture(scope="module")
+def strict_glance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceServer]:
+    """A real Glance that refuses uploads the ways a cloud's does.
+
+    ``image_size_cap`` and ``user_storage_quota`` make it answer 413 in the
+    middle of an upload, and a policy refuses data for images named
+    ``forbidden`` (403 before a byte of the body is read).
+    """
+    workdir = tmp_path_factory.mktemp("strict-glance")
+    policy = workdir / "policy.yaml"
+    policy.write_text(""""upload_image": "not 'forbidden':%(name)s"\n""")
+    with start_glance(workdir / "glance", extra_conf={
+        "DEFAULT": {"image_size_cap": str(SIZE_CAP), "user_storage_quota": str(STORAGE_QUOTA)},
+        "oslo_policy": {"policy_file": str(policy)},
+    }) as server:
+        yield server
+
+
+def refused(proc: subprocess.CompletedProcess, status: int) -> str:
+    """The error line of a ``glance_put`` run Glance refused with ``status``."""
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert f"Glance answered {status} to upload of image" in err, err
+    # Not mistaken for a dead Glance.
+    assert "could not be reached" not in err and "receiver is gone" not in err, err
+    return err
+
+
+def test_size_cap_answer_mid_upload_is_shown(strict_glance: GlanceServer, glance_put: Path) -> None:
+    """Glance stops reading at its size cap and answers 413: that answer is the error."""
+    image = strict_glance.create_image("capped", disk_format="raw")
+    proc = put(glance_put, strict_glance.endpoint, image["id"], os.urandom(SIZE_CAP + (8 << 20)))
+    err = refused(proc, 413)
+    assert "The incoming image is too large" in err, err
+    # webob's status line is not repeated as if it were Glance's message.
+    assert "Request Entity Too Large" not in err, err
+    assert strict_glance.get_image(image["id"])["status"] == "queued"
+
+
+def test_storage_quota_answer_mid_upload_is_shown(strict_glance: GlanceServer,
+                                                  glance_put: Path) -> None:
+    first = strict_glance.create_image("quota-1", disk_format="raw")
+    second = strict_glance.create_image("quota-2", disk_format="raw")
+    try:
+        proc = put(glance_put, strict_glance.endpoint, first["id"], os.urandom(10 << 20))
+        assert proc.returncode == 0, proc.stderr.decode()
+        # 10 MiB more would pass the quota of 16 MiB: Glance cuts it at 6.
+        proc = put(glance_put, strict_glance.endpoint, second["id"], os.urandom(10 << 20))
+        err = refused(proc, 413)
+        assert "Image exceeds the storage quota" in err and "bytes remaining" in err, err
+        # Glance 33 leaves this one in "saving"; what matters is that it is not active.
+        assert strict_glance.get_image(second["id"])["status"] != "active"
+    finally:
+        # Free the quota for the other tests.
+        strict_glance.delete_image(first["id"])
+        strict_glance.delete_image(second["id"])
+
+
+def test_policy_refusal_before_the_body_is_shown(strict_glance: GlanceServer,
+                                                 glance_put: Path) -> None:
+    """403 before Glance reads a byte: the lookup was allowed, the upload is not."""
+    image = strict_glance.create_image("forbidden", disk_format="raw")
+    proc = put(glance_put, strict_glance.endpoint, image["id"], os.urandom(8 << 20))
+    err = refused(proc, 403)
+    assert "not authorized to complete upload_image action" in err, err
+
+
+def test_server_error_before_the_body_is_shown(glance: GlanceServer, glance_put: Path) -> None:
+    """A store that cannot take the data: Glance answers 500 before reading the body.
+
+    A file left in the store under the image's id makes the filesystem store
+    refuse to write (Glance turns that into a 500): a real Glance producing
+    the fault, so no fake server is needed.
+    """
+    image = glance.create_image("store-broken", disk_format="raw")
+    leftover = glance.store_dir / image["id"]
+    leftover.write_bytes(b"left over")
+    try:
+        proc = put(glance_put, glance.endpoint, image["id"], os.urandom(8 << 20))
+    finally:
+        leftover.unlink()
+    err = refused(proc, 500)
+    assert "The server has either erred" in err, err
+    assert glance.get_image(image["id"])["status"] == "queued"
+
+
+def test_image_filled_after_the_check_is_a_conflict(glance: GlanceServer, glance_put: Path) -> None:
+    """The image was queued when checked and filled by someone else before the first byte.
+
+    Glance refuses the status change at once (409, body unread); the message says so.
+    """
+    image = glance.create_image("raced", disk_format="raw")
+    proc = subprocess.Popen([str(glance_put), glance.endpoint, image["id"]], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "glance_put never said it opened the sink"
+        assert proc.stdout.readline() == b"opened\n"
+        assert glance.upload(image["id"], b"someone else") == 204
+        try:
+            proc.stdin.write(os.urandom(8 << 20))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "Glance answered 409 to upload of image" in text, text
+    assert "Image status transition from active to saving is not allowed" in text, text
+    assert glance.download(image["id"]) == b"someone else"
+

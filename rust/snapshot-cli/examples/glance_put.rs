@@ -3,7 +3,9 @@
 //! either finishes and verifies the upload, or aborts it after N bytes.
 //!
 //! `glance_put ENDPOINT IMAGE_ID [--abort-after BYTES]`; the token comes from
-//! `OS_TOKEN`. Prints `ok` on success; exits 1 with the error chain otherwise.
+//! `OS_TOKEN`. Prints `opened` once the sink is open (the image was checked,
+//! no byte sent yet), then `ok` on success; exits 1 with the error chain
+//! otherwise.
 //! Used by tests/cli/test_glance_sink.py against a real Glance.
 
 use std::io::Read;
@@ -42,6 +44,11 @@ fn main() {
 
 fn run(target: &GlanceTarget, abort_after: Option<u64>) -> snapshot_core::Result<()> {
     let mut sink: Box<dyn Sink> = Box::new(glance::open(target)?);
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "opened").and_then(|()| out.flush());
+    }
     let (mut md5, mut sha256, mut sha512) =
         (md5::Md5::new(), sha2::Sha256::new(), sha2::Sha512::new());
     let mut stdin = std::io::stdin().lock();

@@ -1,10 +1,20 @@
 //! Glance sink: streams image bytes into an existing Glance image with one
 //! chunked `PUT /v2/images/{id}/file`, then checks Glance's own digests.
 //!
-//! The upload runs in its own thread (reqwest's blocking client pulls the body
-//! from a reader); [`Sink::write`] hands 1 MiB chunks to it through a bounded
-//! channel, so memory stays at a few MiB whatever the image size and a slow
-//! Glance slows the capture down instead of filling memory.
+//! The upload runs in its own thread, on a one-thread async runtime whose
+//! request body is fed from a bounded channel: [`Sink::write`] hands 1 MiB
+//! chunks to it, so memory stays at a few MiB whatever the image size and a
+//! slow Glance slows the capture down instead of filling memory. The async
+//! client is used because it hands back an answer Glance gives before it has
+//! read the whole body (a 413 past `image_size_cap`, a 500): the blocking one
+//! reports only the broken body and loses Glance's own message.
+//!
+//! [`open`] checks up front that the image exists and is `queued`, so a wrong
+//! image fails before the disk is read; the `PUT` itself starts only with the
+//! first image byte. A forward-only qcow2 comes out only once the first pass
+//! over the disk has sized it (minutes on a big disk), and a request body that
+//! stays idle that long is cut off by proxies in front of Glance (nginx's
+//! `client_body_timeout` is 60 s).
 //!
 //! What Glance is left with:
 //! - after [`Sink::finish`] succeeded: an `active` image holding every byte;
@@ -16,13 +26,15 @@
 //!   image stuck in `saving` (never `active`); the capture fails with
 //!   [`Error::Connection`].
 
-use std::io::{self, Read};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
 use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use tokio::sync::mpsc;
 
 use super::Sink;
 use super::http::{self, TlsOptions};
@@ -50,39 +62,46 @@ enum Chunk {
     End,
 }
 
-/// The request body: reads chunks from the channel. A sender that goes away
-/// without sending [`Chunk::End`] (abort, error, drop) makes the read fail,
-/// which makes reqwest break the body off instead of terminating it: Glance
+/// The request body: chunks from the channel. A sender that goes away
+/// without sending [`Chunk::End`] (abort, error, drop) makes the body fail,
+/// which makes the client break it off instead of terminating it: Glance
 /// must never take a truncated stream for a complete image.
-struct ChannelReader {
-    rx: Receiver<Chunk>,
-    current: Vec<u8>,
-    pos: usize,
+struct ChannelBody {
+    rx: mpsc::Receiver<Chunk>,
     ended: bool,
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.ended {
-                return Ok(0);
-            }
-            if self.pos < self.current.len() {
-                let n = buf.len().min(self.current.len() - self.pos);
-                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
-            }
-            match self.rx.recv() {
-                Ok(Chunk::Data(data)) => {
-                    self.current = data;
-                    self.pos = 0;
-                }
-                Ok(Chunk::End) => self.ended = true,
-                Err(_) => return Err(io::Error::other("The capture broke off the upload")),
-            }
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
         }
+        Poll::Ready(match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Chunk::Data(data)) => Some(Ok(http_body::Frame::data(data.into()))),
+            Some(Chunk::End) => {
+                self.ended = true;
+                None
+            }
+            None => Some(Err(io::Error::other("The capture broke off the upload"))),
+        })
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// What it takes to start the `PUT`, kept until the first byte is ready.
+struct Request {
+    client: reqwest::Client,
+    url: String,
+    token: Option<HeaderValue>,
 }
 
 /// A forward-only [`Sink`] uploading into one Glance image.
@@ -91,12 +110,15 @@ pub struct GlanceSink {
     api: String,
     token: Option<HeaderValue>,
     meta_client: Client,
-    tx: Option<Sender<Chunk>>,
+    /// The upload not started yet: it starts with the first chunk.
+    request: Option<Request>,
+    tx: Option<mpsc::Sender<Chunk>>,
     worker: Option<JoinHandle<Result<()>>>,
     pending: Vec<u8>,
 }
 
-/// Checks that the image exists and is `queued`, then starts the upload.
+/// Checks that the image exists and is `queued` and prepares the upload,
+/// which starts with the first byte written.
 ///
 /// Errors: [`Error::InvalidOption`] for a bad endpoint, image id, token or CA
 /// file; [`Error::Http`] when Glance refuses the lookup (404: create the image
@@ -124,24 +146,19 @@ pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
 
     // The upload itself has no overall time limit: a multi-GiB image over a
     // slow link takes what it takes. A dead Glance still breaks the
-    // connection or fails TCP keep-alive.
-    let upload_client = http::client_for(&tls, None, http::url_host(&api).as_deref())?;
-    let (tx, rx) = bounded::<Chunk>(QUEUE);
+    // connection or fails TCP keep-alive. Built now, so that a bad CA file
+    // fails before the disk is read.
+    let client = http::async_client_for(&tls, http::url_host(&api).as_deref())?;
     let url = format!("{api}/images/{}/file", target.image_id);
-    let image_id = target.image_id.clone();
-    let worker_token = token.clone();
-    let worker = thread::Builder::new()
-        .name("glance-upload".into())
-        .spawn(move || upload(upload_client, url, image_id, worker_token, rx))
-        .map_err(|err| Error::Internal(format!("Cannot start the upload thread: {err}")))?;
-    tracing::info!(image_id = %target.image_id, endpoint = %api, "Uploading into Glance image");
+    tracing::info!(image_id = %target.image_id, endpoint = %api, "Glance image is queued; the upload starts with the first byte");
     Ok(GlanceSink {
         image_id: target.image_id.clone(),
         api,
-        token,
+        token: token.clone(),
         meta_client,
-        tx: Some(tx),
-        worker: Some(worker),
+        request: Some(Request { client, url, token }),
+        tx: None,
+        worker: None,
         pending: Vec::with_capacity(CHUNK),
     })
 }
@@ -179,39 +196,44 @@ fn look_up(target: &GlanceTarget) -> Result<Lookup<'_>> {
     })
 }
 
-/// The upload thread: one PUT whose body is read from `rx`.
-fn upload(
-    client: Client,
-    url: String,
-    image_id: String,
-    token: Option<HeaderValue>,
-    rx: Receiver<Chunk>,
-) -> Result<()> {
-    let body = reqwest::blocking::Body::new(ChannelReader {
-        rx,
-        current: Vec::new(),
-        pos: 0,
-        ended: false,
-    });
-    let mut request = client
-        .put(&url)
-        .header(CONTENT_TYPE, "application/octet-stream")
-        .body(body);
-    if let Some(token) = token {
-        request = request.header("X-Auth-Token", token);
-    }
+/// The upload thread: one PUT whose body comes from `rx`, on a one-thread
+/// runtime.
+fn upload(request: Request, image_id: String, rx: mpsc::Receiver<Chunk>) -> Result<()> {
     let action = format!("upload of image {image_id}");
-    let response = request.send().map_err(|err| connection(&action, err))?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let body = response.bytes().unwrap_or_default();
-    Err(Error::Http {
-        service: SERVICE,
-        action,
-        status: status.as_u16(),
-        message: http::error_message(status, &body),
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Internal(format!("Cannot start the upload runtime: {err}")))?;
+    runtime.block_on(async move {
+        let body = reqwest::Body::wrap(ChannelBody { rx, ended: false });
+        let mut put = request
+            .client
+            .put(&request.url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(token) = request.token {
+            put = put.header("X-Auth-Token", token);
+        }
+        tracing::debug!(image_id = %image_id, "Glance upload request started");
+        let response = put.send().await.map_err(|err| connection(&action, err))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // Glance may answer before it read the whole body (a size cap or
+        // quota exceeded, a server error) and close the connection: its
+        // message may then be cut short, the status still says what it is.
+        let body = response.bytes().await.unwrap_or_default();
+        let mut message = http::error_message(status, &body);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            message.push_str(" (check the token: it may have expired)");
+        }
+        Err(Error::Http {
+            service: SERVICE,
+            action,
+            status: status.as_u16(),
+            message,
+        })
     })
 }
 
@@ -225,13 +247,31 @@ impl GlanceSink {
         self.send(Chunk::Data(data))
     }
 
+    /// Starts the upload thread, and with it the `PUT`.
+    fn start(&mut self, request: Request) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<Chunk>(QUEUE);
+        let image_id = self.image_id.clone();
+        let worker = thread::Builder::new()
+            .name("glance-upload".into())
+            .spawn(move || upload(request, image_id, rx))
+            .map_err(|err| Error::Internal(format!("Cannot start the upload thread: {err}")))?;
+        tracing::info!(image_id = %self.image_id, "Uploading into Glance image");
+        self.tx = Some(tx);
+        self.worker = Some(worker);
+        Ok(())
+    }
+
     fn send(&mut self, chunk: Chunk) -> Result<()> {
+        if let Some(request) = self.request.take() {
+            self.start(request)?;
+        }
         let Some(tx) = &self.tx else {
             return Err(Error::Internal(
                 "Glance upload written after it ended".into(),
             ));
         };
-        if tx.send(chunk).is_ok() {
+        // The writer is a plain thread, never inside the upload's runtime.
+        if tx.blocking_send(chunk).is_ok() {
             return Ok(());
         }
         // The upload thread stopped reading: the request ended early, so its
@@ -292,6 +332,11 @@ impl Sink for GlanceSink {
         // the body is broken off rather than ended.
         self.pending = Vec::new();
         self.tx = None;
+        if self.request.take().is_some() {
+            // Not a byte was sent: Glance never saw an upload.
+            tracing::warn!(image_id = %self.image_id, "Glance upload abandoned before it started");
+            return;
+        }
         if self.worker.is_some() {
             let _ = self.join();
         }

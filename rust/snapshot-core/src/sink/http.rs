@@ -47,12 +47,32 @@ pub fn client_for(
     timeout: Option<Duration>,
     host: Option<&str>,
 ) -> Result<reqwest::blocking::Client> {
-    let mut builder = reqwest::blocking::Client::builder()
+    // The blocking builder keeps its own whole-request timeout (30 s unless
+    // set), so it is always set here.
+    reqwest::blocking::ClientBuilder::from(builder(tls, host)?)
+        .timeout(timeout)
+        .build()
+        .map_err(|err| Error::Internal(format!("Cannot build the HTTP client: {err}")))
+}
+
+/// An async client set up like [`client_for`], without any overall time
+/// limit, for a streamed upload: unlike the blocking client, it hands back
+/// an answer the service gives before it has read the whole body (an
+/// error), instead of only the broken body.
+pub fn async_client_for(tls: &TlsOptions<'_>, host: Option<&str>) -> Result<reqwest::Client> {
+    builder(tls, host)?
+        .build()
+        .map_err(|err| Error::Internal(format!("Cannot build the HTTP client: {err}")))
+}
+
+/// The settings every client shares: TLS, timeouts of the connection, user
+/// agent, `/etc/hosts` lookups.
+fn builder(tls: &TlsOptions<'_>, host: Option<&str>) -> Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .user_agent(concat!("ironic-snapshot/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(TCP_KEEPALIVE)
-        .timeout(timeout)
         .danger_accept_invalid_certs(tls.insecure);
     if let Some(path) = tls.ca_file {
         let pem = std::fs::read(path).map_err(|err| Error::InvalidOption {
@@ -89,9 +109,7 @@ pub fn client_for(
             builder = builder.resolve_to_addrs(host, &addrs);
         }
     }
-    builder
-        .build()
-        .map_err(|err| Error::Internal(format!("Cannot build the HTTP client: {err}")))
+    Ok(builder)
 }
 
 /// Addresses of `host` in a hosts file's text; `localhost` is loopback
@@ -152,7 +170,8 @@ pub fn base_url(option: &'static str, url: &str) -> Result<String> {
 /// A short, single-line message out of an error answer's body: the
 /// `message`/`title`/`description` of a JSON body (OpenStack services use
 /// `{"error": {"message": ...}}`, webob `{"message": ...}`), else the text of
-/// an HTML or plain body. Falls back to the status's reason phrase.
+/// an HTML or plain body, without the status line webob and proxies repeat
+/// at its top. Falls back to the status's reason phrase.
 pub fn error_message(status: reqwest::StatusCode, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let from_json = serde_json::from_str::<serde_json::Value>(&text)
@@ -164,17 +183,37 @@ pub fn error_message(status: reqwest::StatusCode, body: &[u8]) -> String {
                 .find_map(|key| inner.get(key).and_then(|v| v.as_str()).map(str::to_owned))
         });
     let message = from_json.unwrap_or_else(|| strip_html(&text));
+    let message: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
     let reason = status.canonical_reason().unwrap_or("");
-    // webob repeats the status line ("409 Conflict") before the detail.
-    let message = message.trim();
-    let message = message
-        .strip_prefix(&format!("{} {reason}", status.as_u16()))
-        .unwrap_or(message)
-        .trim();
+    // webob repeats the status line ("409 Conflict") before the detail, with
+    // its own reason phrase ("413 Request Entity Too Large"), and so does the
+    // <title> of an HTML page.
+    let title = html_title(&text).filter(|t| !t.is_empty());
+    let full = message.as_str();
+    let mut message = full;
+    for line in [title.clone(), Some(format!("{} {reason}", status.as_u16()))]
+        .into_iter()
+        .flatten()
+    {
+        message = message
+            .strip_prefix(line.as_str())
+            .unwrap_or(message)
+            .trim();
+    }
     if message.is_empty() {
         return reason.to_owned();
     }
-    let mut short: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut short = match title {
+        // A proxy's own page has only its name below the title: keep the
+        // title's phrase ("Request Time-out (nginx/1.22.1)").
+        Some(title) if message.len() != full.len() && !message.contains(' ') => {
+            let phrase = title
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim();
+            format!("{phrase} ({message})")
+        }
+        _ => message.to_owned(),
+    };
     if short.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !short.is_char_boundary(cut) {
@@ -184,6 +223,18 @@ pub fn error_message(status: reqwest::StatusCode, body: &[u8]) -> String {
         short.push_str("...");
     }
     short
+}
+
+/// The `<title>` of an HTML page, whitespace collapsed.
+fn html_title(text: &str) -> Option<String> {
+    let start = text.find("<title>")? + "<title>".len();
+    let end = start + text[start..].find("</title>")?;
+    Some(
+        text[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// Drops tags and the `<head>` of an HTML page, keeps the text.
@@ -284,5 +335,50 @@ mod tests {
             "The request you have made requires authentication."
         );
         assert_eq!(error_message(StatusCode::NOT_FOUND, b""), "Not Found");
+        let webob =
+            br#"{"title": "Forbidden", "message": "Not allowed to upload image data for image 1"}"#;
+        assert_eq!(
+            error_message(StatusCode::FORBIDDEN, webob),
+            "Not allowed to upload image data for image 1"
+        );
+        let title_only = br#"{"error": {"title": "Service Unavailable"}}"#;
+        assert_eq!(
+            error_message(StatusCode::SERVICE_UNAVAILABLE, title_only),
+            "Service Unavailable"
+        );
+    }
+
+    #[test]
+    fn webob_status_line_with_its_own_reason_phrase() {
+        // webob calls 413 "Request Entity Too Large", http "Payload Too Large".
+        let body = b"<html>\n <head>\n  <title>413 Request Entity Too Large</title>\n </head>\n <body>\n  <h1>413 Request Entity Too Large</h1>\n  The incoming image is too large: The provided image is too large.<br /><br />\n\n\n\n </body>\n</html>";
+        assert_eq!(
+            error_message(StatusCode::PAYLOAD_TOO_LARGE, body),
+            "The incoming image is too large: The provided image is too large."
+        );
+    }
+
+    #[test]
+    fn plain_and_proxy_bodies() {
+        // webob's plain text form.
+        assert_eq!(
+            error_message(
+                StatusCode::GONE,
+                b"410 Gone\n\nImage 1 could not be found after upload.\n\n   "
+            ),
+            "Image 1 could not be found after upload."
+        );
+        // nginx's own error page says nothing beyond its title.
+        let nginx = b"<html>\r\n<head><title>408 Request Time-out</title></head>\r\n<body>\r\n<center><h1>408 Request Time-out</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n";
+        assert_eq!(
+            error_message(StatusCode::REQUEST_TIMEOUT, nginx),
+            "Request Time-out (nginx/1.22.1)"
+        );
+        let long = "x ".repeat(1000);
+        let short = error_message(StatusCode::INTERNAL_SERVER_ERROR, long.as_bytes());
+        assert!(
+            short.len() <= MAX_MESSAGE + 3 && short.ends_with("..."),
+            "{short}"
+        );
     }
 }
