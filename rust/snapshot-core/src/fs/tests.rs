@@ -994,7 +994,8 @@ fn gpt_with_entries(size: u64, entries: &[(u64, u64, u8)], num: u32, esize: u32)
 type Fixture = (Vec<u8>, DiskPlan, Vec<Range<usize>>);
 
 /// A small ext4 image (metadata_csum) and its plan, made once, with the
-/// byte ranges of its metadata: superblock, descriptors, block bitmaps.
+/// byte ranges of its metadata: superblock, descriptors, block bitmaps and
+/// the first inodes.
 fn ext4_fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -1020,6 +1021,15 @@ fn ext4_fixture() -> &'static Fixture {
                 .unwrap();
             hot.push(block * 1024..block * 1024 + 256);
         }
+        // The first inodes (reserved ones, the journal, the root and the
+        // first files), which the bitmap cross-check parses.
+        let itable = out
+            .lines()
+            .find_map(|l| l.split("Inode table at ").nth(1))
+            .and_then(|at| at.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|b| b.parse::<usize>().ok())
+            .unwrap();
+        hot.push(itable * 1024..itable * 1024 + 4096);
         (data, plan, hot)
     })
 }
