@@ -1,14 +1,17 @@
-"""The Glance sink on its own (no capture engine) against a real Glance.
+"""The Glance sink against a real Glance, on its own and behind a real proxy.
 
 ``glance_put`` (rust/snapshot-cli/examples) streams its standard input through
 ``GlanceSink`` and verifies, or aborts after N bytes. These tests pin down what
 Glance is left with in each case, and what the error says when Glance refuses.
+The proxy test runs the whole CLI through Debian's nginx.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import select
 import subprocess
 import time
@@ -260,3 +263,60 @@ def test_image_filled_after_the_check_is_a_conflict(glance: GlanceServer, glance
     assert "Image status transition from active to saving is not allowed" in text, text
     assert glance.download(image["id"]) == b"someone else"
 
+
+#: nginx's ``client_body_timeout`` in front of Glance (60 s by default; short here).
+BODY_TIMEOUT = 2
+
+
+def _log_text_disk(path: Path, size: int) -> None:
+    """A disk of seeded log-like text: zstd at a high level compresses it slowly."""
+    rng = random.Random(7)
+    words = ("kernel systemd sshd nginx glance accepted session opened closed for user root "
+             "from port error warning info debug block device").split()
+    lines = []
+    total = 0
+    while total < size:
+        line = (f"Dec  1 {rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d} "
+                f"node{rng.randrange(100)} {' '.join(rng.choice(words) for _ in range(8))} "
+                f"id={rng.getrandbits(48):x}\n").encode()
+        lines.append(line)
+        total += len(line)
+    path.write_bytes(b"".join(lines)[:size])
+
+
+def test_upload_through_proxy_outlasts_body_timeout(cli_binary: Path, glance: GlanceServer,
+                                                    source_dir: Path, tmp_path: Path) -> None:
+    """A real nginx in front of Glance cuts request bodies idle for ``BODY_TIMEOUT`` s.
+
+    The qcow2 header goes first and is known only once the whole disk was
+    compressed (here: zstd level 19 on one thread, several times the
+    timeout). The request must start with the first byte, not before the
+    compression: then the upload passes the proxy and the digests verify.
+    """
+    from tests.stack.nginx import start_nginx
+    source = source_dir / "text.img"
+    _log_text_disk(source, 12 << 20)
+    image = glance.create_image("through-nginx")
+    with start_nginx(tmp_path / "nginx", glance.endpoint, body_timeout=BODY_TIMEOUT) as proxy:
+        proc = subprocess.run([str(cli_binary), "capture", str(source), "--glance-image", image["id"],
+                               "--glance-endpoint", proxy.endpoint, "--threads", "1", "--level", "19",
+                               "--memory-limit", "256M", "--json"],
+                              capture_output=True, timeout=1200)
+        assert proc.returncode == 0, proc.stderr.decode() + "\n" + proxy.log_tail()
+        access = proxy.access_log.read_text()
+    report = json.loads(proc.stdout)
+    # One pass (the image fits the spool), and slow enough that a request
+    # opened before the compression would have idled past the timeout.
+    assert report["passes"] == 1, report
+    assert report["seconds"] > 3 * BODY_TIMEOUT, report
+    assert f"PUT /v2/images/{image['id']}/file HTTP/1.1\" 204" in access, access
+    record = glance.get_image(image["id"])
+    assert record["status"] == "active"
+    assert record["checksum"] == report["md5"]
+    assert record["os_hash_value"] == report["sha512"]
+    stored = tmp_path / "stored.qcow2"
+    stored.write_bytes(glance.download(image["id"]))
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == report["sha256"]
+    subprocess.run(["qemu-img", "check", "-q", str(stored)], check=True)
+    subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", str(source), str(stored)],
+                   check=True)
