@@ -43,10 +43,12 @@ def loop_device(image: str | os.PathLike[str], offset: int, size: int, *,
 
 
 @contextlib.contextmanager
-def mounted(device: str, where: Path, options: str | None = None) -> Iterator[Path]:
-    """Mounts ``device`` on ``where`` (with ``-o options`` if given) for the block; always unmounts."""
+def mounted(device: str, where: Path, options: str | None = None, fstype: str | None = None) -> Iterator[Path]:
+    """Mounts ``device`` on ``where`` (with ``-o options`` and ``-t fstype`` if
+    given) for the block; always unmounts."""
     where.mkdir(parents=True, exist_ok=True)
-    run("mount", *(["-o", options] if options is not None else []), device, where)
+    run("mount", *(["-o", options] if options is not None else []), *(["-t", fstype] if fstype else []),
+        device, where)
     try:
         yield where
     finally:

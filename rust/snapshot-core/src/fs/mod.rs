@@ -40,7 +40,8 @@ pub struct PartitionReport {
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
-    /// What the content was recognised as (`ext4`, `xfs`, `swap`, `unknown`, ...).
+    /// What the content was recognised as (`ext4`, `xfs`, `swap`, `unknown`,
+    /// `ambiguous` for two signatures at once, ...).
     pub content: String,
     /// How it was captured: `allocated-only`, `header-only` or `whole`.
     pub handling: String,
@@ -440,9 +441,16 @@ fn plan_partition(
 ) -> (PartitionReport, Vec<Range<u64>>) {
     let slice = Slice::new(disk, start, size);
     let probe = probe(&slice);
-    let content = probe
-        .as_ref()
-        .map_or_else(|| other_content(&slice), |p| p.content.clone());
+    // No probe: at most one other signature (two would be ambiguous).
+    let content = probe.as_ref().map_or_else(
+        || {
+            other_signatures(&slice)
+                .first()
+                .map_or("unknown", |n| n)
+                .into()
+        },
+        |p| p.content.clone(),
+    );
     let result = match (role.keep_whole(), probe) {
         (Some(why), _) => Err(why.to_string()),
         (None, Some(p)) => p.result,
@@ -480,30 +488,55 @@ fn plan_partition(
 }
 
 /// Recognises the contents the planner can shrink.
+///
+/// Every prober runs, as blkid's do: two signatures at once (a leftover
+/// swap signature in an ext4, an old superblock beside a new one) are
+/// ambiguous, and the partition is read whole rather than planned by
+/// whichever parser asked first.
 fn probe(slice: &Slice<'_>) -> Option<Probe> {
-    swap::probe(slice)
-        .or_else(|| ext::probe(slice))
-        .or_else(|| xfs::probe(slice))
+    let mut found: Vec<Probe> = [swap::probe, ext::probe, xfs::probe]
+        .into_iter()
+        .filter_map(|probe| probe(slice))
+        .collect();
+    let mut names: Vec<String> = found.iter().map(|p| p.content.clone()).collect();
+    names.extend(other_signatures(slice).into_iter().map(String::from));
+    if names.len() > 1 {
+        return Some(Probe {
+            content: AMBIGUOUS.into(),
+            result: Err(format!(
+                "signatures of {} at once: ambiguous, as blkid reports it",
+                names.join(" and ")
+            )),
+        });
+    }
+    found.pop()
 }
 
-/// Names contents read whole anyway, for the report only.
-fn other_content(slice: &Slice<'_>) -> String {
+/// Content name of a partition carrying more than one signature.
+const AMBIGUOUS: &str = "ambiguous";
+
+/// Signatures of contents the planner does not shrink, as blkid names them:
+/// the report names what was recognised.
+fn other_signatures(slice: &Slice<'_>) -> Vec<&'static str> {
     let head = slice
         .read(0, 4096.min(slice.size() as usize))
         .unwrap_or_default();
     let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
-    let name = if at(0x200, b"LABELONE") || at(0x218, b"LVM2 001") {
-        "LVM2_member"
-    } else if at(0, b"LUKS\xba\xbe") {
-        "crypto_LUKS"
-    } else if at(3, b"NTFS    ") {
-        "ntfs"
-    } else if at(0x52, b"FAT32   ") || at(0x36, b"FAT16   ") || at(0x36, b"FAT12   ") {
-        "vfat"
-    } else if slice.read(0x10040, 8).is_ok_and(|m| m == b"_BHRfS_M") {
-        "btrfs"
-    } else {
-        "unknown"
-    };
-    name.into()
+    let mut names = Vec::new();
+    if at(0x200, b"LABELONE") || at(0x218, b"LVM2 001") {
+        names.push("LVM2_member");
+    }
+    if at(0, b"LUKS\xba\xbe") {
+        names.push("crypto_LUKS");
+    }
+    if at(3, b"NTFS    ") {
+        names.push("ntfs");
+    }
+    if at(0x52, b"FAT32   ") || at(0x36, b"FAT16   ") || at(0x36, b"FAT12   ") {
+        names.push("vfat");
+    }
+    if slice.read(0x10040, 8).is_ok_and(|m| m == b"_BHRfS_M") {
+        names.push("btrfs");
+    }
+    names
 }
