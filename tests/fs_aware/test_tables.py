@@ -21,6 +21,18 @@ from .disks import MIB
 from .test_fs_aware import capture, check_restored, restore
 
 
+def capture_and_restore(cli: Path, path: Path, work: Path) -> tuple[dict, Path]:
+    """Captures ``path`` (checking that the source stays unchanged), restores
+    the image to a raw file; returns the report and that file."""
+    before = disks.sha256(path)
+    image = work / "disk.qcow2"
+    report = capture(cli, path, image)
+    assert disks.sha256(path) == before, "the source changed"
+    raw = work / "restored.raw"
+    restore(image, raw)
+    return report, raw
+
+
 def fill_xfs(root: Path, seed: int, total: int) -> None:
     """Writes ``total`` bytes of random files into four directories, which
     XFS spreads over its allocation groups."""
@@ -62,19 +74,13 @@ def test_stale_backup_gpt_behind_an_mbr_is_a_conflict(cli_binary: Path, tmp_path
         assert f.read(8) == b"EFI PART", "sfdisk or mkfs wiped the backup GPT"
     with disks.loop(path, old_start, old_size, read_only=True) as dev:
         assert disks.run("blkid", "-p", "-o", "value", "-s", "TYPE", dev).strip() == "ext4"
-    before = disks.sha256(path)
-
-    image = tmp_path / "disk.qcow2"
-    report = capture(cli_binary, path, image)
-    assert disks.sha256(path) == before, "the source changed"
-    raw = tmp_path / "restored.raw"
-    restore(image, raw)
+    report, raw = capture_and_restore(cli_binary, path, tmp_path)
     # The restored XFS is whole and sound (reading the stale GPT skipped its data).
     with disks.loop(raw, start, part_size, read_only=True) as dev:
         disks.run("xfs_repair", "-n", dev)
         with disks.mounted(dev, tmp_path / "restored", disks.ro_options("xfs", copy=False)) as mnt:
             assert disks.tree(mnt) == source_tree
-    disks.run("qemu-img", "compare", "-q", path, image)
+    disks.run("qemu-img", "compare", "-q", path, tmp_path / "disk.qcow2")
     # One entry for the whole disk, saying why.
     [entry] = report["partitions"]
     assert (entry["number"], entry["handling"], entry["size"]) == (0, "whole", size), entry
@@ -134,13 +140,7 @@ def test_extended_boot_records_inside_free_space_are_kept(cli_binary: Path, mark
         with disks.loop(path, start * 512, count * 512, read_only=True) as dev:
             assert disks.run("dumpe2fs", "-h", dev).count(f"Block size:               {block_size}") == 1
             assert not block_in_use(dev, (ebr - start) * 512 // block_size)
-    before = disks.sha256(path)
-
-    image = tmp_path / "disk.qcow2"
-    report = capture(cli_binary, path, image)
-    assert disks.sha256(path) == before, "the source changed"
-    raw = tmp_path / "restored.raw"
-    restore(image, raw)
+    report, raw = capture_and_restore(cli_binary, path, tmp_path)
     # The restored disk has the same partitions, its tables the same bytes.
     assert json.loads(disks.run("sfdisk", "-J", raw))["partitiontable"]["partitions"] == [
         {**p, "node": str(raw) + p["node"][len(str(path)):]} for p in table["partitions"]

@@ -96,20 +96,9 @@ fn plan(slice: &Slice<'_>, page: u64, header: &Header) -> Result<Allocation, Rea
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
-    use std::process::Command;
 
+    use crate::fs::tests::{poke, run};
     use crate::fs::{ALLOCATED_ONLY, DiskPlan, HEADER_ONLY, WHOLE, plan};
-
-    fn run(cmd: &str, args: &[&str]) {
-        let out = Command::new(cmd).args(args).output().unwrap_or_else(|err| {
-            panic!("cannot run {cmd} (install it, see tests/apt-packages.txt): {err}")
-        });
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 
     /// A sparse file of `size` (`32M`) made by `cmd args FILE`.
     fn made(dir: &Path, name: &str, size: &str, cmd: &str, args: &[&str]) -> PathBuf {
@@ -122,17 +111,15 @@ mod tests {
         path
     }
 
+    /// A 64 MiB ext4 with 4 KiB blocks: the end of its first page is unused.
+    fn ext4_4k(dir: &Path) -> PathBuf {
+        made(dir, "ext4", "64M", "mkfs.ext4", &["-q", "-F", "-b", "4096"])
+    }
+
     /// The plan of an unpartitioned image file.
     fn plan_of(path: &Path) -> DiskPlan {
         let file = std::fs::File::open(path).unwrap();
         plan(&file, file.metadata().unwrap().len())
-    }
-
-    /// Overwrites bytes at `offset` of a file.
-    fn poke(path: &Path, offset: u64, bytes: &[u8]) {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        file.write_all_at(bytes, offset).unwrap();
     }
 
     /// (content, handling, reason) of the only partition.
@@ -206,13 +193,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The common case: the superblock at 1024 is no swap header, the
         // signature is stray bytes and the ext4 is planned as usual.
-        let ext4 = made(
-            dir.path(),
-            "ext4",
-            "64M",
-            "mkfs.ext4",
-            &["-q", "-F", "-b", "4096"],
-        );
+        let ext4 = ext4_4k(dir.path());
         let clean = verdict(&plan_of(&ext4));
         poke(&ext4, 4086, b"SWAPSPACE2");
         assert_eq!(verdict(&plan_of(&ext4)), clean);
@@ -248,13 +229,7 @@ mod tests {
     #[test]
     fn two_signatures_of_any_kind_are_ambiguous() {
         let dir = tempfile::tempdir().unwrap();
-        let ext4 = made(
-            dir.path(),
-            "ext4",
-            "64M",
-            "mkfs.ext4",
-            &["-q", "-F", "-b", "4096"],
-        );
+        let ext4 = ext4_4k(dir.path());
         // A stale btrfs superblock magic in a block ext4 keeps unused.
         poke(&ext4, 0x10040, b"_BHRfS_M");
         let (content, handling, reason) = verdict(&plan_of(&ext4));

@@ -411,9 +411,8 @@ fn mbr_layout(disk: &dyn ReadAt, size: u64, mbr: &[u8]) -> Result<Layout, Reason
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
+    use crate::fs::tests::run;
 
     const MIB: u64 = 1 << 20;
 
@@ -545,17 +544,6 @@ mod tests {
         disk[(4 * MIB - 512) as usize..].fill(0);
         let layout = layout(&disk).unwrap().unwrap();
         assert_eq!(parts(&layout), [(1, 4096 * 512, 2048 * 512)]);
-    }
-
-    fn run(cmd: &str, args: &[&str]) {
-        let out = Command::new(cmd).args(args).output().unwrap_or_else(|err| {
-            panic!("cannot run {cmd} (install it, see tests/apt-packages.txt): {err}")
-        });
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     #[test]

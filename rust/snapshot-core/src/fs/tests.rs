@@ -16,7 +16,9 @@ use super::*;
 
 const MIB: u64 = 1 << 20;
 
-fn run(cmd: &str, args: &[&str]) -> String {
+/// Runs a tool and returns its standard output; fails the test, naming the
+/// tool, when it is missing or fails.
+pub(super) fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|err| {
         panic!("cannot run {cmd} (install it, see tests/apt-packages.txt): {err}")
     });
@@ -353,7 +355,7 @@ fn ext_needs_recovery_is_read_whole() {
 }
 
 /// Overwrites `len` bytes at `offset` of a file.
-fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+pub(super) fn poke(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
