@@ -78,6 +78,64 @@ struct Cli {
 enum Command {
     #[command(about = CAPTURE_ABOUT, after_long_help = format!("{CAPTURE_LONG}\n\n{EXIT_CODES}"))]
     Capture(Box<CaptureArgs>),
+    #[command(about = VERIFY_ABOUT, after_long_help = VERIFY_LONG)]
+    Verify(VerifyArgs),
+}
+
+const VERIFY_ABOUT: &str = "\
+Check an image file: its digests and size against a capture report or given digests, and for qcow2 its \
+structure (self-contained, no unknown features, refcounts consistent, not truncated).";
+
+const VERIFY_LONG: &str = "\
+Examples:
+  ironic-snapshot verify node.qcow2 --report-json node.json
+  ironic-snapshot verify node.qcow2 --sha256 HEX --json
+
+Prints one verdict line on standard output, OK or FAILED: and the reasons; with --json one object \
+instead (ok, format, image_size, virtual_size, sha256, sha512, md5, errors, warnings). Leaked \
+clusters (counted but unused, as qemu-img check reports them) are warnings and do not fail.
+
+Exit codes:
+  0    the image passed
+  1    other error (a bug: please report it)
+  2    usage error: bad option or value
+  3    input problem: the image or the report is missing, unreadable or not a capture report
+  6    verification failed: the verdict line says why";
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Image file to check (qcow2 by its magic, else raw)
+    #[arg(value_name = "FILE")]
+    image: PathBuf,
+
+    /// Expected SHA-256 of the image, hex
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    sha256: Option<String>,
+
+    /// Expected SHA-512 of the image, hex (Glance's os_hash_value)
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    sha512: Option<String>,
+
+    /// Expected MD5 of the image, hex (Glance's checksum)
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    md5: Option<String>,
+
+    /// The capture's report (--report or --json output): digests, sizes and format must match
+    #[arg(long, value_name = "REPORT")]
+    report_json: Option<PathBuf>,
+
+    /// Print the verdict as one JSON object on standard output
+    #[arg(long)]
+    json: bool,
+}
+
+/// clap value parser for a digest: hex digits only.
+fn parse_hex(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err("Give the digest as hexadecimal digits".into())
+    }
 }
 
 #[derive(clap::Args)]
@@ -174,6 +232,12 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Capture(args) => capture(*args, cli.quiet),
+        Command::Verify(args) => match verify(&args) {
+            Ok(true) => Ok(()),
+            // The verdict line has been printed: it says why.
+            Ok(false) => return ExitCode::from(VERIFY_FAILED),
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -331,6 +395,61 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
         print_summary(&report);
     }
     Ok(())
+}
+
+/// Exit code of `verify` when the image failed (as capture's failed
+/// verification of an upload).
+const VERIFY_FAILED: u8 = 6;
+
+/// `ironic-snapshot verify`: the engine checks, this prints the verdict and
+/// returns whether the image passed.
+fn verify(args: &VerifyArgs) -> Result<bool, Error> {
+    let mut expected = match &args.report_json {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|err| Error::ReportInvalid {
+                path: path.clone(),
+                reason: format!("Cannot read it: {err}"),
+            })?;
+            snapshot_core::Expected::from_report_json(&text, path)?
+        }
+        None => snapshot_core::Expected::default(),
+    };
+    // Digests given as flags win over the report's, and are named as flags.
+    let flags = [
+        ("--sha256", &args.sha256, &mut expected.sha256),
+        ("--sha512", &args.sha512, &mut expected.sha512),
+        ("--md5", &args.md5, &mut expected.md5),
+    ];
+    let mut origin = Vec::new();
+    for (flag, given, slot) in flags {
+        if let Some(given) = given {
+            *slot = Some(given.clone());
+            origin.push(flag);
+        }
+    }
+    if expected.origin.is_empty() {
+        expected.origin = origin.join("/");
+    }
+    let verdict = snapshot_core::verify_file(&args.image, &expected)?;
+    let text = if args.json {
+        serde_json::to_string(&verdict)
+            .map_err(|err| Error::Internal(format!("Cannot serialise the verdict: {err}")))?
+    } else if verdict.ok {
+        "OK".to_owned()
+    } else {
+        format!("FAILED: {}", verdict.errors.join("; "))
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::OutputWrite {
+            target: "standard output".into(),
+            source,
+        })?;
+    for warning in &verdict.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(verdict.ok)
 }
 
 /// Removes an image the engine completed when the run fails after all.

@@ -205,6 +205,42 @@ pub enum Error {
         /// ` in region R` when a region was asked for, else empty.
         region: String,
     },
+    /// The image to verify cannot be opened.
+    #[error("Cannot open image {path}: check the path and that you may read it")]
+    ImageOpen {
+        /// The path that was given.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The image to verify is not a regular file.
+    #[error("Image {path} is not a regular file: give the path of an image file")]
+    ImageNotAFile {
+        /// The path that was given.
+        path: PathBuf,
+    },
+    /// Reading the image to verify failed.
+    #[error("Reading image {what} at offset {offset} failed")]
+    ImageRead {
+        /// The image: a path or a description without secrets.
+        what: String,
+        /// Byte offset of the failed read.
+        offset: u64,
+        /// The error of the read.
+        #[source]
+        source: io::Error,
+    },
+    /// A capture report given to verify cannot be used.
+    #[error(
+        "Report {path} is not a capture report ({reason}): give the --report or --json output of ironic-snapshot capture"
+    )]
+    ReportInvalid {
+        /// The report's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The caller cancelled the capture.
     #[error("Capture cancelled")]
     Cancelled,
@@ -227,7 +263,11 @@ impl Error {
             | Error::SourceNotADisk { .. }
             | Error::SourceRead { .. }
             | Error::ShortRead { .. }
-            | Error::SourceChanged { .. } => ErrorKind::Source,
+            | Error::SourceChanged { .. }
+            | Error::ImageOpen { .. }
+            | Error::ImageNotAFile { .. }
+            | Error::ImageRead { .. }
+            | Error::ReportInvalid { .. } => ErrorKind::Source,
             Error::OutputWrite { .. } => ErrorKind::Output,
             Error::Http { .. } | Error::Connection { .. } | Error::ImageNotQueued { .. } => {
                 ErrorKind::Upload

@@ -20,10 +20,12 @@ pub mod options;
 mod pipeline;
 pub mod progress;
 pub mod qcow2;
+pub mod qcow2_check;
 pub mod report;
 pub mod sink;
 pub mod size;
 pub mod source;
+pub mod verify;
 
 pub use capture::{capture, capture_into, check_options};
 pub use error::{Error, Result};
@@ -32,6 +34,7 @@ pub use progress::{NoProgress, Progress, ProgressUpdate};
 pub use report::Report;
 pub use sink::{PendingFile, remove_partial_outputs};
 pub use size::{auto_memory_limit, format_size, parse_memory_limit, parse_size};
+pub use verify::{Expected, Verification, verify_file};
 
 /// Version of the engine, recorded in every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
