@@ -103,12 +103,12 @@ def test_flipped_data_byte_fails(cli_binary: Path, captured: tuple[Path, Path]) 
     proc = verify(cli_binary, image, "--report-json", report)
     assert proc.returncode == FAILED, proc.stdout + proc.stderr
     assert proc.stdout.startswith("FAILED: SHA-256 of the image is "), proc.stdout
-    assert f"the report {report} says" in proc.stdout and "changed or damaged" in proc.stdout
+    assert f"from the report {report}: the image was changed or damaged" in proc.stdout
     # Only the digests can see this: the structure is intact.
     assert "MD5" in proc.stdout and "SHA-512" in proc.stdout and "refcount" not in proc.stdout
     # A digest given as a flag is named as such.
     proc = verify(cli_binary, image, "--sha256", "00" * 32)
-    assert proc.returncode == FAILED and "--sha256 says 0000" in proc.stdout, proc.stdout
+    assert proc.returncode == FAILED and f"expected {'00' * 32} from --sha256:" in proc.stdout, proc.stdout
 
 
 def test_backing_file_fails(cli_binary: Path, tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_truncated_image_fails(cli_binary: Path, captured: tuple[Path, Path], tm
     assert proc.returncode == FAILED, proc.stdout + proc.stderr
     assert "The refcount table at " in proc.stdout and "the image is truncated" in proc.stdout
     proc = verify(cli_binary, image, "--report-json", report)
-    assert f"The image is {size - 4096} bytes, the report {report} says {size}" in proc.stdout
+    assert f"The image is {size - 4096} bytes, expected {size} from the report {report}" in proc.stdout
     # qemu-img puts its metadata first: a cut takes a data cluster away.
     made = tmp_path / "made.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(made), "64M"], check=True)
@@ -205,3 +205,53 @@ def test_input_problems_and_raw(cli_binary: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict = json.loads(proc.stdout)
     assert (verdict["format"], verdict["image_size"], verdict["virtual_size"]) == ("raw", 4096, 4096)
+
+
+# -- Glance ------------------------------------------------------------------------------
+
+
+def test_glance_image_and_edited_property(cli_binary: Path, captured: tuple[Path, Path], glance) -> None:
+    """An image in a real Glance with the snapshot_* properties the service step writes:
+    it passes; a property edited after the snapshot makes it fail, naming the property."""
+    image, report_path = captured
+    report = json.loads(report_path.read_text())
+    properties = {f"snapshot_{key}": str(report[key])
+                  for key in ("sha256", "sha512", "md5", "virtual_size", "image_size", "bytes_read",
+                              "format", "tool_version")}
+    record = glance.create_image("verify", disk_format="qcow2", **properties)
+    assert glance.upload(record["id"], image.read_bytes()) == 204
+    endpoint = ("--glance-endpoint", glance.endpoint)
+    proc = verify(cli_binary, "--glance-image", record["id"], *endpoint, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdict = json.loads(proc.stdout)
+    assert verdict["ok"] and verdict["sha256"] == report["sha256"], verdict
+    assert verdict["virtual_size"] == report["virtual_size"]
+    # The report given too must agree.
+    proc = verify(cli_binary, "--glance-image", record["id"], *endpoint, "--report-json", report_path)
+    assert (proc.returncode, proc.stdout) == (0, "OK\n"), proc.stdout + proc.stderr
+
+    def edit(name: str, value: str) -> None:
+        status, body = glance.request("PATCH", f"/v2/images/{record['id']}",
+                                      [{"op": "replace", "path": f"/{name}", "value": value}],
+                                      content_type="application/openstack-images-v2.1-json-patch")
+        assert status == 200, body
+
+    edit("snapshot_sha256", "ab" * 32)
+    proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
+    assert proc.returncode == FAILED, proc.stdout + proc.stderr
+    assert proc.stdout == (f"FAILED: SHA-256 of the image is {report['sha256']}, expected {'ab' * 32} "
+                           "from the snapshot_* properties: the image was changed or damaged\n")
+    edit("snapshot_sha256", report["sha256"])
+    edit("snapshot_virtual_size", str(report["virtual_size"] * 2))
+    proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
+    assert proc.returncode == FAILED
+    assert proc.stdout.startswith(f"FAILED: The image's disk is {report['virtual_size']} bytes, "
+                                  f"expected {report['virtual_size'] * 2} from the snapshot_* properties"), proc.stdout
+    edit("snapshot_virtual_size", str(report["virtual_size"]))
+    edit("snapshot_tool_version", "tampered")
+    proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
+    assert proc.returncode == FAILED
+    assert 'snapshot_tool_version is "tampered", not a version number' in proc.stdout, proc.stdout
+    # An image id Glance does not know: a Glance problem (5), not a verdict.
+    proc = verify(cli_binary, "--glance-image", "0b7f7cde-0000-4000-8000-00000000abcd", *endpoint)
+    assert proc.returncode == 5 and "No image" in proc.stderr, proc.stderr

@@ -90,6 +90,7 @@ const VERIFY_LONG: &str = "\
 Examples:
   ironic-snapshot verify node.qcow2 --report-json node.json
   ironic-snapshot verify node.qcow2 --sha256 HEX --json
+  ironic-snapshot verify --glance-image ID --os-cloud mycloud
 
 Prints one verdict line on standard output, OK or FAILED: and the reasons; with --json one object \
 instead (ok, format, image_size, virtual_size, sha256, sha512, md5, errors, warnings). Leaked \
@@ -100,13 +101,18 @@ Exit codes:
   1    other error (a bug: please report it)
   2    usage error: bad option or value
   3    input problem: the image or the report is missing, unreadable or not a capture report
+  5    Glance or Keystone refused or could not be reached (--glance-image)
   6    verification failed: the verdict line says why";
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("image_source").required(true).args(["image", "glance_image"]))]
+#[command(mut_arg("glance_image", |arg| arg.help(
+    "Check this Glance image instead of a file: its data (downloaded once, metadata by ranged reads) \
+     against Glance's size, checksum and os_hash_value and its snapshot_* properties")))]
 struct VerifyArgs {
     /// Image file to check (qcow2 by its magic, else raw)
     #[arg(value_name = "FILE")]
-    image: PathBuf,
+    image: Option<PathBuf>,
 
     /// Expected SHA-256 of the image, hex
     #[arg(long, value_name = "HEX", value_parser = parse_hex)]
@@ -127,6 +133,9 @@ struct VerifyArgs {
     /// Print the verdict as one JSON object on standard output
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    cloud: auth::CloudArgs,
 }
 
 /// clap value parser for a digest: hex digits only.
@@ -430,7 +439,11 @@ fn verify(args: &VerifyArgs) -> Result<bool, Error> {
     if expected.origin.is_empty() {
         expected.origin = origin.join("/");
     }
-    let verdict = snapshot_core::verify_file(&args.image, &expected)?;
+    let verdict = match (&args.image, &args.cloud.glance_image) {
+        (Some(path), _) => snapshot_core::verify_file(path, &[expected])?,
+        (None, Some(id)) => verify_glance(&args.cloud.resolve(id)?, expected)?,
+        (None, None) => unreachable!("clap requires FILE or --glance-image"),
+    };
     let text = if args.json {
         serde_json::to_string(&verdict)
             .map_err(|err| Error::Internal(format!("Cannot serialise the verdict: {err}")))?
@@ -450,6 +463,34 @@ fn verify(args: &VerifyArgs) -> Result<bool, Error> {
         tracing::warn!("{warning}");
     }
     Ok(verdict.ok)
+}
+
+/// Checks a Glance image: its data against the flags' and report's values,
+/// Glance's own and the `snapshot_*` properties, which must also agree.
+fn verify_glance(
+    target: &snapshot_core::options::GlanceTarget,
+    expected: snapshot_core::Expected,
+) -> Result<snapshot_core::Verification, Error> {
+    let image = snapshot_core::sink::glance::open_image(target)?;
+    let (mut claims, problems) = snapshot_core::glance_expectations(&image.record);
+    let status = image.record.get("status").and_then(|v| v.as_str());
+    if status != Some("active") {
+        return Err(Error::VerificationFailed {
+            service: "Glance",
+            image_id: target.image_id.clone(),
+            detail: format!(
+                "status is {}, not active: it holds no complete image",
+                status.unwrap_or("unknown")
+            ),
+        });
+    }
+    claims.push(expected);
+    let body = image.download()?;
+    let what = format!("glance:{}", target.image_id);
+    let mut verdict = snapshot_core::verify_image(body, &image, &what, &claims)?;
+    verdict.errors.extend(problems);
+    verdict.ok = verdict.errors.is_empty();
+    Ok(verdict)
 }
 
 /// Removes an image the engine completed when the run fails after all.

@@ -34,7 +34,7 @@ pub use progress::{NoProgress, Progress, ProgressUpdate};
 pub use report::Report;
 pub use sink::{PendingFile, remove_partial_outputs};
 pub use size::{auto_memory_limit, format_size, parse_memory_limit, parse_size};
-pub use verify::{Expected, Verification, verify_file};
+pub use verify::{Expected, Verification, glance_expectations, verify_file, verify_image};
 
 /// Version of the engine, recorded in every report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

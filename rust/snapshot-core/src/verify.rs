@@ -3,8 +3,8 @@
 //!
 //! The image is streamed once, in large sequential reads, through the three
 //! digest threads the capture uses; the qcow2 check then reads only the
-//! metadata (a few MiB even for a large image) at its offsets, so it needs a
-//! seekable file. Findings are not errors: [`Verification::ok`] says whether
+//! metadata (a few MiB even for a large image) at its offsets: positioned
+//! reads of a file, or ranged GETs of a Glance image. Findings are not errors: [`Verification::ok`] says whether
 //! the image passed, and [`Error`] is kept for inputs that cannot be read.
 
 use std::io::Read;
@@ -145,8 +145,8 @@ pub fn digest_stream<R: Read>(mut reader: R, what: &str) -> Result<(Digests, u64
     Ok((digester.finish()?, total))
 }
 
-/// Verifies the image file at `path` against `expected`.
-pub fn verify_file(path: &Path, expected: &Expected) -> Result<Verification> {
+/// Verifies the image file at `path` against each of `expected`.
+pub fn verify_file(path: &Path, expected: &[Expected]) -> Result<Verification> {
     let open_error = |source: std::io::Error| Error::ImageOpen {
         path: path.to_owned(),
         source,
@@ -158,18 +158,29 @@ pub fn verify_file(path: &Path, expected: &Expected) -> Result<Verification> {
             path: path.to_owned(),
         });
     }
-    let what = path.display().to_string();
-    let (digests, size) = digest_stream(&file, &what)?;
-    tracing::info!(path = %what, size, sha256 = %digests.sha256, "Digested the image");
+    verify_image(&file, &file, &path.display().to_string(), expected)
+}
+
+/// Verifies the image read once from `stream`, whose metadata `at` reads
+/// at offsets (the same file, or ranged reads of the same download),
+/// against each of `expected`. `what` names the image in errors.
+pub fn verify_image<R: Read, A: qcow2_check::ReadAt + ?Sized>(
+    stream: R,
+    at: &A,
+    what: &str,
+    expected: &[Expected],
+) -> Result<Verification> {
+    let (digests, size) = digest_stream(stream, what)?;
+    tracing::info!(image = %what, size, sha256 = %digests.sha256, "Digested the image");
 
     let mut magic = [0u8; 4];
     let is_qcow2 = size >= 4
-        && qcow2_check::ReadAt::read_exact_at(&file, &mut magic, 0).is_ok()
+        && at.read_exact_at(&mut magic, 0).is_ok()
         && u32::from_be_bytes(magic) == qcow2_check::MAGIC;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let (format, virtual_size) = if is_qcow2 {
-        let summary = qcow2_check::check(&file, size);
+        let summary = qcow2_check::check(at, size);
         for finding in summary.findings {
             match finding.severity {
                 Severity::Error => errors.push(finding.message),
@@ -180,17 +191,19 @@ pub fn verify_file(path: &Path, expected: &Expected) -> Result<Verification> {
     } else {
         (Format::Raw, size)
     };
-    compare(
-        expected,
-        &digests,
-        size,
-        format,
-        virtual_size,
-        is_qcow2,
-        &mut errors,
-    );
+    for expected in expected {
+        compare(
+            expected,
+            &digests,
+            size,
+            format,
+            virtual_size,
+            is_qcow2,
+            &mut errors,
+        );
+    }
     for error in &errors {
-        tracing::debug!(path = %what, "{error}");
+        tracing::debug!(image = %what, "{error}");
     }
     Ok(Verification {
         ok: errors.is_empty(),
@@ -203,6 +216,97 @@ pub fn verify_file(path: &Path, expected: &Expected) -> Result<Verification> {
         errors,
         warnings,
     })
+}
+
+/// What a Glance image record promises: Glance's own `size`, `checksum`,
+/// `os_hash_value`, `disk_format` and `virtual_size`, and the `snapshot_*`
+/// properties the service step wrote. Also returns the disagreements among
+/// these values found without reading the data (a property edited after
+/// the snapshot shows up here or against the data).
+pub fn glance_expectations(record: &serde_json::Value) -> (Vec<Expected>, Vec<String>) {
+    let text = |key: &str| record.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let number = |key: &str| record.get(key).and_then(serde_json::Value::as_u64);
+    let property_number = |key: &str| -> std::result::Result<Option<u64>, String> {
+        match text(key) {
+            None => Ok(None),
+            Some(value) => value
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("Property {key} is {value:?}, not a number of bytes")),
+        }
+    };
+    let format_of = |value: Option<String>| match value.as_deref() {
+        Some("qcow2") => Some(Format::Qcow2),
+        Some("raw") => Some(Format::Raw),
+        _ => None,
+    };
+    let mut problems = Vec::new();
+    let algo = text("os_hash_algo").unwrap_or_default();
+    let hash = text("os_hash_value");
+    let glance = Expected {
+        md5: text("checksum"),
+        sha512: hash.clone().filter(|_| algo == "sha512"),
+        sha256: hash.filter(|_| algo == "sha256"),
+        image_size: number("size"),
+        virtual_size: number("virtual_size"),
+        format: format_of(text("disk_format")),
+        origin: "Glance".into(),
+    };
+    let mut ours = Expected {
+        sha256: text("snapshot_sha256"),
+        sha512: text("snapshot_sha512"),
+        md5: text("snapshot_md5"),
+        format: format_of(text("snapshot_format")),
+        origin: "the snapshot_* properties".into(),
+        ..Expected::default()
+    };
+    let mut sizes = |key: &str| match property_number(key) {
+        Ok(value) => value,
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    ours.image_size = sizes("snapshot_image_size");
+    ours.virtual_size = sizes("snapshot_virtual_size");
+    let bytes_read = sizes("snapshot_bytes_read");
+    let snapshot = record
+        .as_object()
+        .is_some_and(|o| o.keys().any(|k| k.starts_with("snapshot_sha")));
+    if snapshot {
+        if let (Some(read), Some(virtual_size)) = (bytes_read, ours.virtual_size) {
+            // Each pass reads the disk at most once; there are at most two.
+            if read > 2 * virtual_size {
+                problems.push(format!(
+                    "Property snapshot_bytes_read ({read}) is more than two passes over the {virtual_size}-byte disk"
+                ));
+            }
+        }
+        match text("snapshot_tool_version") {
+            None => problems.push("Property snapshot_tool_version is missing".into()),
+            Some(version) if !is_version(&version) => problems.push(format!(
+                "Property snapshot_tool_version is {version:?}, not a version number"
+            )),
+            Some(_) => {}
+        }
+        if ours.sha256.is_none() || ours.sha512.is_none() || ours.md5.is_none() {
+            problems.push(
+                "Some of the snapshot_sha256, snapshot_sha512 and snapshot_md5 properties are missing"
+                    .into(),
+            );
+        }
+    }
+    (vec![glance, ours], problems)
+}
+
+/// `1.2.3`, optionally with a pre-release or build suffix.
+fn is_version(text: &str) -> bool {
+    let core = text.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Appends a message for each value that differs from `expected`.
@@ -225,7 +329,7 @@ fn compare(
         if let Some(want) = want {
             if !want.eq_ignore_ascii_case(got) {
                 errors.push(format!(
-                    "{name} of the image is {got}, {origin} says {want}: the image was changed or damaged"
+                    "{name} of the image is {got}, expected {want} from {origin}: the image was changed or damaged"
                 ));
             }
         }
@@ -233,14 +337,14 @@ fn compare(
     if let Some(want) = expected.image_size {
         if want != size {
             errors.push(format!(
-                "The image is {size} bytes, {origin} says {want}: it was truncated or changed"
+                "The image is {size} bytes, expected {want} from {origin}: it was truncated or changed"
             ));
         }
     }
     if let Some(want) = expected.format {
         if want != format {
             errors.push(format!(
-                "The image is {}, {origin} says {}",
+                "The image is {}, expected {} from {origin}",
                 format_name(format),
                 format_name(want)
             ));
@@ -250,7 +354,7 @@ fn compare(
         // A raw image's disk size is its file size, compared above.
         if header_read && want != virtual_size {
             errors.push(format!(
-                "The image's disk is {virtual_size} bytes, {origin} says {want}"
+                "The image's disk is {virtual_size} bytes, expected {want} from {origin}"
             ));
         }
     }
@@ -287,6 +391,27 @@ mod tests {
     }
 
     #[test]
+    fn glance_record_expectations() {
+        let record = serde_json::json!({
+            "size": 10, "checksum": "aa", "os_hash_algo": "sha512", "os_hash_value": "bb",
+            "disk_format": "qcow2", "virtual_size": null,
+            "snapshot_sha256": "cc", "snapshot_sha512": "bb", "snapshot_md5": "aa",
+            "snapshot_image_size": "10", "snapshot_virtual_size": "100",
+            "snapshot_bytes_read": "300", "snapshot_tool_version": "x1",
+        });
+        let (expected, problems) = glance_expectations(&record);
+        assert_eq!(expected[0].sha512.as_deref(), Some("bb"));
+        assert_eq!(expected[0].sha256, None);
+        assert_eq!(expected[0].virtual_size, None);
+        assert_eq!(expected[1].image_size, Some(10));
+        assert_eq!(expected[1].virtual_size, Some(100));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("snapshot_bytes_read (300)"));
+        assert!(problems[1].contains("\"x1\", not a version"));
+        assert!(is_version("0.1.0") && is_version("1.2.3-rc1") && !is_version("1.2"));
+    }
+
+    #[test]
     fn report_json_and_comparison() {
         let path = Path::new("r.json");
         let text = r#"{"sha256":"AA","sha512":"bb","md5":"cc","image_size":3,"virtual_size":3,"format":"raw"}"#;
@@ -299,7 +424,9 @@ mod tests {
         let mut errors = Vec::new();
         compare(&expected, &digests, 3, Format::Raw, 3, false, &mut errors);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("SHA-512 of the image is bd, the report r.json says bb"));
+        assert!(
+            errors[0].starts_with("SHA-512 of the image is bd, expected bb from the report r.json")
+        );
 
         let mut errors = Vec::new();
         compare(&expected, &digests, 4, Format::Qcow2, 9, true, &mut errors);

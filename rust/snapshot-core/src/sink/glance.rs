@@ -97,6 +97,9 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+mod read;
+pub use read::{GlanceImage, open_image};
+
 /// What it takes to start the `PUT`, kept until the first byte is ready.
 struct Request {
     client: reqwest::Client,
