@@ -737,6 +737,34 @@ mod tests {
     }
 
     #[test]
+    fn compressed_descriptors() {
+        // 512-byte clusters: x = 62 - 1 = 61, bit 61 counts one extra sector.
+        let x = 61;
+        let mut img = tiny();
+        let inside = OFLAG_COMPRESSED | (5 * 512 + 100);
+        img[2048..2056].copy_from_slice(&inside.to_be_bytes());
+        let summary = check(img.as_slice(), img.len() as u64);
+        assert_eq!(summary.findings, vec![]);
+        assert_eq!(summary.compressed_clusters, 1);
+
+        // Past the end of the file: truncated.
+        let beyond = OFLAG_COMPRESSED | (7 * 512);
+        img[2048..2056].copy_from_slice(&beyond.to_be_bytes());
+        let summary = check(img.as_slice(), img.len() as u64);
+        assert!(errors(&summary)[0].starts_with("Compressed guest cluster 0 lies at 3584..4096"));
+
+        // The last cluster with one extra sector runs 512 bytes past the end.
+        let long = OFLAG_COMPRESSED | (1 << x) | (5 * 512);
+        img[2048..2056].copy_from_slice(&long.to_be_bytes());
+        let summary = check(img.as_slice(), img.len() as u64);
+        assert!(
+            errors(&summary)[0].contains("truncated"),
+            "{:?}",
+            summary.findings
+        );
+    }
+
+    #[test]
     fn sub_byte_refcounts() {
         assert_eq!(refcount_at(&[0b0110_0001], 0, 1), 1);
         assert_eq!(refcount_at(&[0b0110_0001], 5, 1), 1);
