@@ -210,7 +210,7 @@ def test_input_problems_and_raw(cli_binary: Path, tmp_path: Path) -> None:
 # -- Glance ------------------------------------------------------------------------------
 
 
-def test_glance_image_and_edited_property(cli_binary: Path, captured: tuple[Path, Path], glance) -> None:
+def test_glance_image_by_id_and_url_and_edited_property(cli_binary: Path, captured: tuple[Path, Path], glance) -> None:
     """An image in a real Glance with the snapshot_* properties the service step writes:
     it passes; a property edited after the snapshot makes it fail, naming the property."""
     image, report_path = captured
@@ -255,3 +255,11 @@ def test_glance_image_and_edited_property(cli_binary: Path, captured: tuple[Path
     # An image id Glance does not know: a Glance problem (5), not a verdict.
     proc = verify(cli_binary, "--glance-image", "0b7f7cde-0000-4000-8000-00000000abcd", *endpoint)
     assert proc.returncode == 5 and "No image" in proc.stderr, proc.stderr
+    # The same data by URL (Glance's /file answers ranged GETs, as web servers do).
+    url = f"{glance.endpoint}/v2/images/{record['id']}/file"
+    proc = verify(cli_binary, url, "--report-json", report_path)
+    assert (proc.returncode, proc.stdout) == (0, "OK\n"), proc.stdout + proc.stderr
+    proc = verify(cli_binary, url, "--sha256", "cd" * 32)
+    assert proc.returncode == FAILED and f"expected {'cd' * 32} from --sha256" in proc.stdout, proc.stdout
+    proc = verify(cli_binary, f"{glance.endpoint}/v2/images/0b7f7cde-0000-4000-8000-00000000abcd/file")
+    assert proc.returncode == 5 and "The server answered 404" in proc.stderr, proc.stderr

@@ -91,6 +91,7 @@ Examples:
   ironic-snapshot verify node.qcow2 --report-json node.json
   ironic-snapshot verify node.qcow2 --sha256 HEX --json
   ironic-snapshot verify --glance-image ID --os-cloud mycloud
+  ironic-snapshot verify https://example.org/images/node.qcow2 --sha256 HEX
 
 Prints one verdict line on standard output, OK or FAILED: and the reasons; with --json one object \
 instead (ok, format, image_size, virtual_size, sha256, sha512, md5, errors, warnings). Leaked \
@@ -101,7 +102,7 @@ Exit codes:
   1    other error (a bug: please report it)
   2    usage error: bad option or value
   3    input problem: the image or the report is missing, unreadable or not a capture report
-  5    Glance or Keystone refused or could not be reached (--glance-image)
+  5    Glance, Keystone or the URL's server refused or could not be reached
   6    verification failed: the verdict line says why";
 
 #[derive(clap::Args)]
@@ -110,7 +111,8 @@ Exit codes:
     "Check this Glance image instead of a file: its data (downloaded once, metadata by ranged reads) \
      against Glance's size, checksum and os_hash_value and its snapshot_* properties")))]
 struct VerifyArgs {
-    /// Image file to check (qcow2 by its magic, else raw)
+    /// Image file to check (qcow2 by its magic, else raw), or an http(s) URL
+    /// of one (the server must answer ranged GETs)
     #[arg(value_name = "FILE")]
     image: Option<PathBuf>,
 
@@ -440,6 +442,12 @@ fn verify(args: &VerifyArgs) -> Result<bool, Error> {
         expected.origin = origin.join("/");
     }
     let verdict = match (&args.image, &args.cloud.glance_image) {
+        (Some(path), _) if is_url(path) => {
+            let url = path.to_string_lossy();
+            let data = snapshot_core::sink::glance::open_url(&url)?;
+            let body = data.download()?;
+            snapshot_core::verify_image(body, &data, &url, &[expected])?
+        }
         (Some(path), _) => snapshot_core::verify_file(path, &[expected])?,
         (None, Some(id)) => verify_glance(&args.cloud.resolve(id)?, expected)?,
         (None, None) => unreachable!("clap requires FILE or --glance-image"),
@@ -465,6 +473,12 @@ fn verify(args: &VerifyArgs) -> Result<bool, Error> {
     Ok(verdict.ok)
 }
 
+/// An image argument naming an http(s) URL rather than a file.
+fn is_url(path: &std::path::Path) -> bool {
+    let text = path.to_string_lossy();
+    text.starts_with("http://") || text.starts_with("https://")
+}
+
 /// Checks a Glance image: its data against the flags' and report's values,
 /// Glance's own and the `snapshot_*` properties, which must also agree.
 fn verify_glance(
@@ -485,9 +499,9 @@ fn verify_glance(
         });
     }
     claims.push(expected);
-    let body = image.download()?;
+    let body = image.data.download()?;
     let what = format!("glance:{}", target.image_id);
-    let mut verdict = snapshot_core::verify_image(body, &image, &what, &claims)?;
+    let mut verdict = snapshot_core::verify_image(body, &image.data, &what, &claims)?;
     verdict.errors.extend(problems);
     verdict.ok = verdict.errors.is_empty();
     Ok(verdict)

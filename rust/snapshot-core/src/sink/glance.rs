@@ -98,7 +98,7 @@ impl http_body::Body for ChannelBody {
 }
 
 mod read;
-pub use read::{GlanceImage, open_image};
+pub use read::{GlanceImage, HttpImage, open_image, open_url};
 
 /// What it takes to start the `PUT`, kept until the first byte is ready.
 struct Request {

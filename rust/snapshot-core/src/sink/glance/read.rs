@@ -4,7 +4,7 @@
 use reqwest::blocking::Client;
 use reqwest::header::HeaderValue;
 
-use super::{SERVICE, connection, look_up};
+use super::{SERVICE, look_up};
 use crate::error::{Error, Result};
 use crate::options::GlanceTarget;
 use crate::qcow2_check::ReadAt;
@@ -14,10 +14,44 @@ use crate::sink::http;
 pub struct GlanceImage {
     /// The image record (`size`, `checksum`, `os_hash_value`, properties).
     pub record: serde_json::Value,
+    /// Its data.
+    pub data: HttpImage,
+}
+
+/// Image data behind an HTTP(S) URL: Glance's `/file`, or any server that
+/// answers ranged GETs (`206 Partial Content`).
+pub struct HttpImage {
+    /// Who answers, for errors (`Glance`, `The server`).
+    service: &'static str,
     url: String,
     token: Option<HeaderValue>,
     /// No overall timeout: a download of many GiB takes what it takes.
     client: Client,
+}
+
+/// Image data at `url` (http or https, the system's CA certificates, no
+/// credentials). Errors: [`Error::InvalidOption`] for a URL that is not
+/// http(s).
+pub fn open_url(url: &str) -> Result<HttpImage> {
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"));
+    if parsed.is_none() {
+        return Err(Error::InvalidOption {
+            option: "FILE",
+            reason: format!("{url:?} is not an http or https URL"),
+        });
+    }
+    let tls = http::TlsOptions {
+        insecure: false,
+        ca_file: None,
+    };
+    Ok(HttpImage {
+        service: "The server",
+        url: url.to_owned(),
+        token: None,
+        client: http::client_for(&tls, None, http::url_host(url).as_deref())?,
+    })
 }
 
 /// Looks the image up. Errors as for the upload's lookup: [`Error::Http`]
@@ -28,13 +62,16 @@ pub fn open_image(target: &GlanceTarget) -> Result<GlanceImage> {
     let client = http::client_for(&lookup.tls, None, http::url_host(&lookup.api).as_deref())?;
     Ok(GlanceImage {
         record: lookup.image,
-        url: format!("{}/images/{}/file", lookup.api, target.image_id),
-        token: lookup.token,
-        client,
+        data: HttpImage {
+            service: SERVICE,
+            url: format!("{}/images/{}/file", lookup.api, target.image_id),
+            token: lookup.token,
+            client,
+        },
     })
 }
 
-impl GlanceImage {
+impl HttpImage {
     fn get(&self, range: Option<String>) -> Result<reqwest::blocking::Response> {
         let action = "download of the image data".to_owned();
         let mut request = self.client.get(&self.url);
@@ -44,12 +81,16 @@ impl GlanceImage {
         if let Some(range) = range {
             request = request.header(reqwest::header::RANGE, range);
         }
-        let response = request.send().map_err(|err| connection(&action, err))?;
+        let response = request.send().map_err(|err| Error::Connection {
+            service: self.service,
+            action: action.clone(),
+            source: Box::new(err),
+        })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().unwrap_or_default();
             return Err(Error::Http {
-                service: SERVICE,
+                service: self.service,
                 action,
                 status: status.as_u16(),
                 message: http::error_message(status, &body),
@@ -64,7 +105,7 @@ impl GlanceImage {
     }
 }
 
-impl ReadAt for GlanceImage {
+impl ReadAt for HttpImage {
     /// One ranged GET per read: the qcow2 check reads only the metadata.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         if buf.is_empty() {
@@ -74,7 +115,8 @@ impl ReadAt for GlanceImage {
         let response = self.get(Some(range)).map_err(std::io::Error::other)?;
         if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             return Err(std::io::Error::other(format!(
-                "Glance answered {} to a ranged read, not 206: it cannot serve parts of the image",
+                "{} answered {} to a ranged read, not 206: it cannot serve parts of the image",
+                self.service,
                 response.status()
             )));
         }
