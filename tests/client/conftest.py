@@ -21,8 +21,6 @@ import contextlib
 import dataclasses
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ import pytest
 from tests.functional import fixtures
 from tests.functional.helpers import Disk
 from tests.stack.glance import GlanceServer, free_port, start_glance
-from tests.stack.ipa import Agent, start_ipa
+from tests.stack.ipa import AgentWatch, agent_on_demand
 from tests.stack.ironic import IronicServer, host_mac, start_ironic
 from tests.stack.keystone import KeystoneServer, start_keystone
 
@@ -40,6 +38,8 @@ from tests.stack.keystone import KeystoneServer, start_keystone
 # requirement check (autouse) and the test disk.
 stack_requirements = fixtures.stack_requirements
 disk = fixtures.disk
+
+__all__ = ["AgentWatch", "Cloud", "PASSWORD", "agent_on_demand"]
 
 #: Password of the test users (fixed: nothing to protect on loopback).
 PASSWORD = "correct-horse-battery-staple"
@@ -120,65 +120,3 @@ def node(cloud: Cloud, disk: Disk) -> str:
     cloud.ironic.cli("node", "set", uuid, "--owner", cloud.demo_project)
     cloud.ironic.cli("node", "power", "on", uuid)
     return uuid
-
-
-@dataclasses.dataclass
-class AgentWatch:
-    """What :func:`agent_on_demand` saw."""
-
-    agents: list[Agent] = dataclasses.field(default_factory=list)
-    states: list[str] = dataclasses.field(default_factory=list)
-    #: The node records seen while it serviced (admin view).
-    service_records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    def agent_log(self) -> str:
-        return "\n".join(agent.log() for agent in self.agents)
-
-
-@contextlib.contextmanager
-def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
-                    on_service: Any = None,
-                    agent_conf: dict[str, dict[str, str]] | None = None) -> Iterator[AgentWatch]:
-    """Starts a fresh agent when ``node`` waits for one; stops it on exit.
-
-    :param on_service: called once with the node record when the node is
-        first seen servicing with a step (in the watcher thread).
-    :param agent_conf: sections merged into the agent's config file, such as
-        the operator's ``[snapshot]`` credential.
-    """
-    watch = AgentWatch()
-    stop = threading.Event()
-    contexts: list[Any] = []
-    called = False
-
-    def loop() -> None:
-        nonlocal called
-        while not stop.is_set():
-            try:
-                record = ironic.node(node)
-            except Exception:  # noqa: BLE001 - keep watching through API hiccups
-                time.sleep(0.5)
-                continue
-            state = record["provision_state"]
-            if not watch.states or watch.states[-1] != state:
-                watch.states.append(state)
-            if state in ("service", "service wait") and record.get("service_step"):
-                watch.service_records.append(record)
-                if on_service is not None and not called:
-                    called = True
-                    on_service(record)
-            if state == "service wait" and not contexts:
-                context = start_ipa(workdir, ironic.endpoint, extra_conf=agent_conf)
-                watch.agents.append(context.__enter__())
-                contexts.append(context)
-            time.sleep(0.3)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield watch
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        for context in contexts:
-            context.__exit__(None, None, None)

@@ -13,15 +13,22 @@ this machine's own disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tests.stack.glance import free_port
 from tests.stack.process import stop_process_group, venv_bin, write_conf
 
-__all__ = ["Agent", "start_ipa"]
+if TYPE_CHECKING:
+    from tests.stack.ironic import IronicServer
+
+__all__ = ["Agent", "AgentWatch", "agent_on_demand", "start_ipa"]
 
 
 class Agent:
@@ -54,12 +61,15 @@ class Agent:
 
 @contextlib.contextmanager
 def start_ipa(workdir: Path, api_url: str, *,
-              extra_conf: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[Agent]:
+              extra_conf: Mapping[str, Mapping[str, str]] | None = None,
+              env: Mapping[str, str] | None = None) -> Iterator[Agent]:
     """Starts an agent talking to the Ironic API at ``api_url``; stops it on exit.
 
     :param workdir: a folder for the config and the log (``ipa.log``).
     :param extra_conf: sections merged over the generated config, such as
         ``{"snapshot": {"progress_interval": "1"}}``.
+    :param env: environment variables added to the agent's (such as a
+        ``PYTHONPATH`` holding a test-only hardware manager).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +102,8 @@ def start_ipa(workdir: Path, api_url: str, *,
     output = open(workdir / "ipa.stdout", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [str(venv_bin() / "ironic-python-agent"), "--config-file", str(conf)],
-        cwd=workdir, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=workdir, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ, **env) if env else None)
     agent = Agent(process, workdir, port)
     try:
         time.sleep(0.2)
@@ -103,3 +114,67 @@ def start_ipa(workdir: Path, api_url: str, *,
     finally:
         agent.stop()
         output.close()
+
+
+@dataclasses.dataclass
+class AgentWatch:
+    """What :func:`agent_on_demand` saw."""
+
+    agents: list[Agent] = dataclasses.field(default_factory=list)
+    states: list[str] = dataclasses.field(default_factory=list)
+    #: The node records seen while it serviced (admin view).
+    service_records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def agent_log(self) -> str:
+        return "\n".join(agent.log() for agent in self.agents)
+
+
+@contextlib.contextmanager
+def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
+                    on_service: Any = None,
+                    agent_conf: dict[str, dict[str, str]] | None = None,
+                    agent_env: Mapping[str, str] | None = None) -> Iterator[AgentWatch]:
+    """Starts a fresh agent when ``node`` waits for one; stops it on exit.
+
+    :param on_service: called once with the node record when the node is
+        first seen servicing with a step (in the watcher thread).
+    :param agent_conf: sections merged into the agent's config file, such as
+        the operator's ``[snapshot]`` credential.
+    :param agent_env: environment variables added to the agent's.
+    """
+    watch = AgentWatch()
+    stop = threading.Event()
+    contexts: list[Any] = []
+    called = False
+
+    def loop() -> None:
+        nonlocal called
+        while not stop.is_set():
+            try:
+                record = ironic.node(node)
+            except Exception:  # noqa: BLE001 - keep watching through API hiccups
+                time.sleep(0.5)
+                continue
+            state = record["provision_state"]
+            if not watch.states or watch.states[-1] != state:
+                watch.states.append(state)
+            if state in ("service", "service wait") and record.get("service_step"):
+                watch.service_records.append(record)
+                if on_service is not None and not called:
+                    called = True
+                    on_service(record)
+            if state == "service wait" and not contexts:
+                context = start_ipa(workdir, ironic.endpoint, extra_conf=agent_conf, env=agent_env)
+                watch.agents.append(context.__enter__())
+                contexts.append(context)
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        for context in contexts:
+            context.__exit__(None, None, None)

@@ -1,0 +1,401 @@
+"""A real Nova 34 cloud on loopback for tests, with this project's compute driver.
+
+Started once per test session (about 1.6 GiB of memory in all):
+
+- RabbitMQ (``tests.stack.rabbitmq``), Keystone (one worker: sqlite),
+  Glance and Ironic behind keystonemiddleware (``tests.stack``);
+- Placement 16 and nova-api under gunicorn, nova-conductor, nova-scheduler
+  and nova-compute with ``compute_driver = ironic_snapshot.IronicDriver``,
+  all from the separate virtualenv ``.venv-nova`` (Nova's requirements do not
+  fit the test venv's Ironic), into which this package is installed as a
+  built wheel, not editable, so that the shim ``nova/virt/ironic_snapshot``
+  is what an operator's installation holds;
+- a network stand-in registered as ``network`` that answers every list with
+  an empty one (Nova's API needs a network endpoint; ``--nic none`` servers
+  need nothing else).
+
+See /work/shared/NOTES.md, "Nova on loopback", for why each option is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.stack.glance import GlanceServer, free_port, start_glance
+from tests.stack.ironic import IronicServer, start_ironic
+from tests.stack.keystone import REGION, KeystoneServer, start_keystone
+from tests.stack.process import read_log_tail, stop_process_group, wait_until_ready, write_conf
+from tests.stack.rabbitmq import RabbitServer, start_rabbitmq
+
+__all__ = ["NovaCloud", "nova_venv", "start_nova_cloud"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Pinned packages of the Nova virtualenv (``pip check`` is clean with them).
+NOVA_REQUIREMENTS = ("nova==34.0.0", "openstack-placement==16.0.0", "gunicorn")
+
+#: Seconds to wait for an API to answer, and for nova-compute to report its node.
+START_TIMEOUT = 120.0
+
+
+def nova_venv() -> Path:
+    """The virtualenv holding Nova and Placement (``.venv-nova`` of the checkout).
+
+    Created here when missing (tests/setup.sh creates it on CI).
+    """
+    venv = Path(os.environ.get("IRONIC_SNAPSHOT_NOVA_VENV", REPO / ".venv-nova"))
+    if not (venv / "bin" / "nova-compute").exists():
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *NOVA_REQUIREMENTS],
+                       check=True)
+    return venv
+
+
+def install_this_package(venv: Path, workdir: Path) -> None:
+    """Builds this checkout's wheel and installs it, not editable, into ``venv``."""
+    out = workdir / "wheel"
+    shutil.rmtree(out, ignore_errors=True)
+    maturin = Path(sys.executable).parent / "maturin"
+    subprocess.run([str(maturin), "build", "--release", "--locked", "-q", "-o", str(out)],
+                   cwd=REPO, check=True, capture_output=True,
+                   env=dict(os.environ, VIRTUAL_ENV=str(Path(sys.executable).parents[1])))
+    wheels = sorted(out.glob("*.whl"))
+    assert len(wheels) == 1, f"maturin built {wheels}"
+    # Nova's requirements already hold everything the driver imports.
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--force-reinstall",
+                    str(wheels[0])], check=True, capture_output=True)
+    result = subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True, text=True)
+    assert result.returncode == 0, f"pip check in {venv}: {result.stdout}{result.stderr}"
+
+
+class _EmptyNetwork(BaseHTTPRequestHandler):
+    """Neutron stand-in: a version document, and an empty list for every GET."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        pass
+
+    def _send(self, status: int, body: object) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path in ("", "/v2.0"):
+            host = self.headers.get("Host", "127.0.0.1")
+            self._send(200, {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
+                {"rel": "self", "href": f"http://{host}/v2.0/"}]}]})
+            return
+        resource = path.rsplit("/", 1)[-1].removesuffix(".json").replace("-", "_")
+        self._send(200, {resource: []})
+
+
+@contextlib.contextmanager
+def _network_stand_in() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EmptyNetwork)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclasses.dataclass
+class NovaCloud:
+    """The running cloud.
+
+    :ivar compute_endpoint: nova-api's URL (``/v2.1`` included).
+    :ivar workdir: the folder holding every service's config, database and log.
+    """
+
+    keystone: KeystoneServer
+    glance: GlanceServer
+    ironic: IronicServer
+    rabbit: RabbitServer
+    compute_endpoint: str
+    workdir: Path
+    venv: Path
+    processes: dict[str, subprocess.Popen]
+
+    def nova_log(self, service: str, lines: int = 60) -> str:
+        """The tail of ``nova-<service>.log`` (api, conductor, scheduler, compute)."""
+        return read_log_tail(self.workdir / "nova" / f"nova-{service}.log", lines)
+
+    def nova_logs(self) -> str:
+        """Every Nova log and Ironic's, whole (to look for secrets)."""
+        texts = [path.read_text(errors="replace")
+                 for path in sorted((self.workdir / "nova").glob("*.log"))]
+        return "\n".join(texts)
+
+    def manage(self, *args: str) -> str:
+        """Runs ``nova-manage ARGS`` with the controller's config; returns stdout."""
+        return _run([str(self.venv / "bin" / "nova-manage"), "--config-file",
+                     str(self.workdir / "nova" / "nova.conf"), *args], self.workdir / "nova")
+
+    def discover_hosts(self) -> None:
+        """Maps nova-compute's host to cell1 (once it reported a node)."""
+        self.manage("cell_v2", "discover_hosts")
+
+    def alive(self) -> dict[str, bool]:
+        """Which Nova and Placement processes still run."""
+        return {name: process.poll() is None for name, process in self.processes.items()}
+
+
+def _run(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env=dict(env) if env is not None else None)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed ({result.returncode}): "
+                           f"{(result.stderr or result.stdout)[-3000:]}")
+    return result.stdout
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status < 500
+    except urllib.error.HTTPError as err:
+        return err.code < 500
+
+
+def _system_roles(keystone: KeystoneServer, user: str, *roles: str) -> None:
+    user_id = keystone.api("GET", f"/v3/users?name={user}")["users"][0]["id"]
+    for role in roles:
+        keystone.api("PUT", f"/v3/system/users/{user_id}/roles/{keystone.role_id(role)}")
+
+
+def _password_auth(keystone: KeystoneServer, user: str) -> dict[str, str]:
+    """A keystoneauth ``password`` section for service user ``user`` (project service)."""
+    return {
+        "auth_type": "password",
+        "auth_url": keystone.endpoint,
+        "username": user,
+        "password": keystone.service_passwords.get(user) or keystone.service_user(user),
+        "project_name": "service",
+        "user_domain_id": "default",
+        "project_domain_id": "default",
+        "region_name": REGION,
+    }
+
+
+@contextlib.contextmanager
+def start_nova_cloud(workdir: Path, *,
+                     ironic_conf: Mapping[str, Mapping[str, str]] | None = None,
+                     compute_conf: Mapping[str, Mapping[str, str]] | None = None
+                     ) -> Iterator[NovaCloud]:
+    """Starts the whole cloud in ``workdir``; stops everything on exit.
+
+    :param ironic_conf: sections merged over Ironic's generated config.
+    :param compute_conf: sections merged over nova-compute's config (such as
+        ``[ironic_snapshot]`` options).
+    """
+    workdir = Path(workdir)
+    venv = nova_venv()
+    novadir = workdir / "nova"
+    novadir.mkdir(parents=True, exist_ok=True)
+    install_this_package(venv, workdir)
+    glance_port, ironic_port, placement_port, api_port = (free_port() for _ in range(4))
+    processes: dict[str, subprocess.Popen] = {}
+    outputs = []
+
+    def spawn(name: str, args: list[str], env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen:
+        output = open(novadir / f"{name}.stdout", "wb")  # noqa: SIM115 - closed below
+        outputs.append(output)
+        process = subprocess.Popen(args, cwd=novadir, stdout=output, stderr=subprocess.STDOUT,
+                                   env=dict(env) if env is not None else None,
+                                   start_new_session=True)
+        processes[name] = process
+        return process
+
+    with contextlib.ExitStack() as stack:
+        rabbit = stack.enter_context(start_rabbitmq(workdir / "rabbitmq"))
+        # One worker: two on sqlite gave "database is locked" under Nova's load.
+        keystone = stack.enter_context(start_keystone(
+            workdir / "keystone", workers=1,
+            # bcrypt's default cost made every password check take seconds on
+            # a loaded 2-core machine; the services log in often.
+            extra_conf={"identity": {"password_hash_rounds": "4"}}))
+        network = stack.enter_context(_network_stand_in())
+        keystone.register_service("image", "glance", f"http://127.0.0.1:{glance_port}")
+        keystone.register_service("baremetal", "ironic", f"http://127.0.0.1:{ironic_port}")
+        keystone.register_service("placement", "placement", f"http://127.0.0.1:{placement_port}")
+        keystone.register_service("compute", "nova", f"http://127.0.0.1:{api_port}/v2.1")
+        keystone.register_service("network", "neutron", network)
+        for user in ("nova", "placement", "glance", "ironic"):
+            keystone.service_user(user)
+        # Nova's service user sees and drives every node (system scope).
+        _system_roles(keystone, "nova", "service", "reader", "admin")
+
+        admin_project_token = keystone.password_token("admin", keystone.admin_password,
+                                                      project="admin")
+        glance = stack.enter_context(start_glance(
+            workdir / "glance", flavor="keystone", port=glance_port, token=admin_project_token,
+            extra_conf={"keystone_authtoken": keystone.authtoken_conf(
+                "glance", service_type="image", token_cache_time="-1")}))
+        ironic_extra: dict[str, dict[str, str]] = {
+            "DEFAULT": {"auth_strategy": "keystone"},
+            "keystone_authtoken": keystone.authtoken_conf(
+                "ironic", service_type="baremetal", token_cache_time="-1")}
+        for section, values in (ironic_conf or {}).items():
+            ironic_extra.setdefault(section, {}).update(values)
+        ironic = stack.enter_context(start_ironic(
+            workdir / "ironic", port=ironic_port, extra_conf=ironic_extra,
+            client_env=keystone.env("admin", keystone.admin_password, system=True),
+            token=keystone.admin_token))
+
+        # -- Placement ------------------------------------------------------------------
+        placedir = workdir / "placement"
+        placedir.mkdir(exist_ok=True)
+        write_conf(placedir / "placement.conf", {
+            "DEFAULT": {"log_file": str(placedir / "placement.log"), "debug": "false"},
+            "api": {"auth_strategy": "keystone"},
+            "keystone_authtoken": keystone.authtoken_conf("placement", service_type="placement"),
+            "placement_database": {"connection": f"sqlite:///{placedir / 'placement.sqlite'}"},
+        })
+        _run([str(venv / "bin" / "placement-manage"), "--config-file",
+              str(placedir / "placement.conf"), "db", "sync"], placedir)
+        # Like Keystone, Placement and nova-api parse sys.argv with oslo.config
+        # and refuse gunicorn's arguments: a shim hides them.
+        (placedir / "placement_shim.py").write_text(
+            "import sys\nsys.argv = sys.argv[:1]\n"
+            "from placement.wsgi.api import application  # noqa\n")
+        spawn("placement", [str(venv / "bin" / "gunicorn"), "--bind",
+                            f"127.0.0.1:{placement_port}", "--workers", "1", "--timeout", "300",
+                            "--chdir", str(placedir), "placement_shim:application"],
+              env=dict(os.environ, OS_PLACEMENT_CONFIG_DIR=str(placedir)))
+
+        # -- Nova controller --------------------------------------------------------------
+        common: dict[str, dict[str, str]] = {
+            "DEFAULT": {
+                "transport_url": rabbit.transport_url,
+                "my_ip": "127.0.0.1",
+                "host": "nova-test",
+                "state_path": str(novadir / "state"),
+                "debug": "false",
+                "use_stderr": "false",
+            },
+            "api": {"auth_strategy": "keystone"},
+            "keystone_authtoken": keystone.authtoken_conf("nova", service_type="compute"),
+            "placement": _password_auth(keystone, "placement"),
+            "neutron": _password_auth(keystone, "nova"),
+            "glance": {"region_name": REGION},
+            "ironic": {**{key: value for key, value in _password_auth(keystone, "nova").items()
+                          if key not in ("project_name", "project_domain_id")},
+                       "system_scope": "all"},
+            "oslo_concurrency": {"lock_path": str(novadir / "locks")},
+            "oslo_messaging_notifications": {"driver": "noop"},
+            "scheduler": {"discover_hosts_in_cells_interval": "-1", "workers": "1"},
+            # One process per service: sqlite allows one writer at a time.
+            "conductor": {"workers": "1"},
+        }
+        # Nova talks to Placement as its own service user.
+        common["placement"].update(username="nova",
+                                   password=keystone.service_passwords["nova"])
+        controller = {**common,
+                      "api_database": {"connection": f"sqlite:///{novadir / 'api.sqlite'}"},
+                      "database": {"connection": f"sqlite:///{novadir / 'cell1.sqlite'}"}}
+        write_conf(novadir / "nova.conf", controller)
+        shutil.copy(venv / "etc" / "nova" / "api-paste.ini", novadir / "api-paste.ini")
+        manage = [str(venv / "bin" / "nova-manage"), "--config-file", str(novadir / "nova.conf")]
+        _run(manage + ["api_db", "sync"], novadir)
+        _run(manage + ["cell_v2", "map_cell0", "--database_connection",
+                       f"sqlite:///{novadir / 'cell0.sqlite'}"], novadir)
+        _run(manage + ["cell_v2", "create_cell", "--name", "cell1"], novadir)
+        _run(manage + ["db", "sync"], novadir)
+
+        (novadir / "nova_api_shim.py").write_text(
+            "import sys\nsys.argv = sys.argv[:1]\n"
+            "from nova.wsgi.osapi_compute import application  # noqa\n")
+        api_env = dict(os.environ, OS_NOVA_CONFIG_DIR=str(novadir),
+                       # The first file is taken as the paste config.
+                       OS_NOVA_CONFIG_FILES="api-paste.ini;nova.conf")
+        spawn("api", [str(venv / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{api_port}",
+                      "--workers", "1", "--timeout", "300", "--chdir", str(novadir),
+                      "nova_api_shim:application"], env=api_env)
+        for service in ("conductor", "scheduler"):
+            spawn(service, [str(venv / "bin" / f"nova-{service}"), "--config-file",
+                            str(novadir / "nova.conf"), "--log-file",
+                            str(novadir / f"nova-{service}.log")])
+
+        # -- nova-compute: its own config, no database ------------------------------------
+        compute: dict[str, dict[str, str]] = {
+            **{k: dict(v) for k, v in common.items()},
+            "ironic_snapshot": {"auth_url": keystone.endpoint, "poll_interval": "1",
+                                "shutdown_timeout": "60"},
+        }
+        compute["DEFAULT"].update(compute_driver="ironic_snapshot.IronicDriver",
+                                  update_resources_interval="15",
+                                  reserved_host_memory_mb="0")
+        write_conf(novadir / "nova-compute.conf", compute, compute_conf)
+        spawn("compute", [str(venv / "bin" / "nova-compute"), "--config-file",
+                          str(novadir / "nova-compute.conf"), "--log-file",
+                          str(novadir / "nova-compute.log")])
+
+        cloud = NovaCloud(keystone, glance, ironic, rabbit, f"http://127.0.0.1:{api_port}/v2.1",
+                          workdir, venv, processes)
+        try:
+            for name, port, url in (
+                    ("Placement", placement_port, f"http://127.0.0.1:{placement_port}/"),
+                    ("nova-api", api_port, f"http://127.0.0.1:{api_port}/")):
+                process = processes["placement" if name == "Placement" else "api"]
+                wait_until_ready(name, port, process, lambda url=url: _http_ok(url),
+                                 timeout=START_TIMEOUT, interval=0.5,
+                                 output=novadir / f"{'placement' if name == 'Placement' else 'api'}"
+                                                  ".stdout")
+            _wait_for_compute_service(cloud)
+            yield cloud
+        finally:
+            for process in reversed(list(processes.values())):
+                stop_process_group(process, timeout=20, reap_group=True)
+            for output in outputs:
+                output.close()
+
+
+def _wait_for_compute_service(cloud: NovaCloud) -> None:
+    """Waits until nova-compute registered its service in the cell database.
+
+    Its host is mapped to the cell (``discover_hosts``) only once it reports
+    a node: see :meth:`NovaCloud.discover_hosts`.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        for name, alive in cloud.alive().items():
+            if not alive:
+                raise RuntimeError(f"nova {name} exited at start:\n"
+                                   + cloud.nova_log(name, 40)
+                                   + (cloud.workdir / "nova" / f"{name}.stdout").read_text(
+                                       errors="replace")[-2000:])
+        with contextlib.closing(sqlite3.connect(cloud.workdir / "nova" / "cell1.sqlite",
+                                                timeout=30)) as db:
+            rows = db.execute("SELECT host FROM services WHERE topic = 'compute' "
+                              "AND deleted = 0").fetchall()
+        if rows:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("nova-compute did not register within "
+                               f"{START_TIMEOUT:.0f} s:\n{cloud.nova_log('compute')}")
+        time.sleep(2)
