@@ -6,23 +6,10 @@ each message says what went wrong and what the operator can do.
 
 from __future__ import annotations
 
-try:
-    from ironic_python_agent.errors import RESTError
-except ImportError:
-    # The client and the Nova driver use the URL helpers of
-    # ironic_snapshot.glance, which imports this module, where no agent is
-    # installed; these errors are raised only inside the agent.
-    class RESTError(Exception):  # type: ignore[no-redef]
-        """Stand-in for ironic-python-agent's ``RESTError`` where the agent is not installed."""
-
-        message = "An error occurred"
-
-        def __init__(self, details: str | None = None) -> None:
-            super().__init__(details or self.message)
-            self.details = details
+from ironic_python_agent import errors
 
 
-class SnapshotStepError(RESTError):
+class SnapshotStepError(errors.RESTError):
     """Base class of the step's own errors."""
 
     message = "Disk snapshot failed"

@@ -167,7 +167,7 @@ def server(cloud: Cloud, nova_disk: Disk, tmp_path_factory: pytest.TempPathFacto
     ironic.cli("node", "power", "off", node)
 
     flavor = cloud.openstack_json(
-        "admin", "flavor", "create", "bm", "--ram", "0", "--vcpus", "0",
+        "admin", "flavor", "create", "bm", "--ram", "1", "--vcpus", "1",
         # Nova 34 refuses a zero disk to non-admin users.
         "--disk", "1", "--property", "resources:CUSTOM_BAREMETAL=1",
         "--property", "resources:VCPU=0", "--property", "resources:MEMORY_MB=0",
@@ -177,12 +177,14 @@ def server(cloud: Cloud, nova_disk: Disk, tmp_path_factory: pytest.TempPathFacto
     image = cloud.openstack_json("admin", "image", "create", "boot", "--disk-format", "raw",
                                  "--container-format", "bare", "--public",
                                  "--file", str(boot_image))
-    # nova-compute reports the node to Placement every update_resources_interval.
-    _wait("the node's resource provider did not appear in Placement",
-          lambda: node in cloud.openstack("admin", "hypervisor", "list", "-f", "value",
-                                          "-c", "Hypervisor Hostname").stdout, timeout=180,
-          interval=5)
-    cloud.nova.discover_hosts()
+    # nova-compute reports the node every update_resources_interval; the
+    # API shows it (and the scheduler uses it) once its host is mapped.
+    def node_reported() -> bool:
+        cloud.nova.discover_hosts()
+        return node in cloud.openstack("admin", "hypervisor", "list", "-f", "value",
+                                       "-c", "Hypervisor Hostname").stdout
+
+    _wait("the node did not appear as a hypervisor", node_reported, timeout=240, interval=5)
     result = cloud.openstack("alice", "server", "create", "--flavor", flavor["id"], "--image",
                              image["id"], "--nic", "none", "--wait", "snapshot-me",
                              "-f", "json", timeout=600)

@@ -31,8 +31,12 @@ def test_wheel_holds_only_the_shim_under_nova(wheel: Path) -> None:
 def test_nova_options_load_without_nova() -> None:
     # oslo-config-generator imports the options' module where Nova may be
     # absent; the test venv has no Nova.
-    code = ("import importlib.util, sys\n"
-            "assert importlib.util.find_spec('nova.virt.ironic') is None\n"
+    code = ("try:\n"
+            "    import nova.virt.ironic\n"
+            "except ImportError:\n"
+            "    pass\n"
+            "else:\n"
+            "    raise SystemExit('Nova is installed in the test venv')\n"
             "from ironic_snapshot.nova.conf import list_opts\n"
             "[(group, opts)] = list_opts()\n"
             "print(group, sorted(o.name for o in opts))\n")
@@ -40,14 +44,3 @@ def test_nova_options_load_without_nova() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ironic_snapshot ['auth_url', 'clean_shutdown'"), out.stdout
 
-
-def test_client_imports_without_the_agent() -> None:
-    # The client (and the Nova driver) run where ironic-python-agent is not
-    # installed; its URL helpers live in a module beside the step's errors.
-    code = ("import sys\n"
-            "sys.modules['ironic_python_agent'] = None\n"
-            "import ironic_snapshot.client.workflow\n"
-            "import ironic_snapshot.errors as e\n"
-            "assert str(e.ImageServiceError('x'))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr

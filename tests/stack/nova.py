@@ -74,9 +74,13 @@ def install_this_package(venv: Path, workdir: Path) -> None:
                    env=dict(os.environ, VIRTUAL_ENV=str(Path(sys.executable).parents[1])))
     wheels = sorted(out.glob("*.whl"))
     assert len(wheels) == 1, f"maturin built {wheels}"
-    # Nova's requirements already hold everything the driver imports.
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--force-reinstall",
-                    str(wheels[0])], check=True, capture_output=True)
+    pip = str(venv / "bin" / "pip")
+    # The wheel anew (same version as before), then what its [nova] extra
+    # and its own dependencies (ironic-python-agent) add to Nova's.
+    subprocess.run([pip, "install", "-q", "--no-deps", "--force-reinstall", str(wheels[0])],
+                   check=True, capture_output=True)
+    subprocess.run([pip, "install", "-q", f"{wheels[0]}[nova]"], check=True,
+                   capture_output=True)
     result = subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True, text=True)
     assert result.returncode == 0, f"pip check in {venv}: {result.stdout}{result.stderr}"
 

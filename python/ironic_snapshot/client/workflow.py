@@ -543,6 +543,47 @@ def _cleanup(run: _Run, keep_image: bool, poll: float) -> list[str]:
     return notes
 
 
+def _start_service(run: _Run, record: dict[str, Any], *, endpoint: str, disk_format: str,
+                   compression: str, timeout: float, clean_shutdown: bool,
+                   shutdown_timeout: float, device: str | None, step_args: Mapping[str, Any],
+                   poll: float) -> cred.UploadCredential:
+    """Shuts the node down cleanly, mints the upload credential and starts the step.
+
+    The part of a snapshot after the image exists (``run.image_id``), shared
+    by :func:`snapshot_node` and the Nova driver (:mod:`ironic_snapshot.nova`):
+    sets ``run.powered_off``, ``run.credential`` and ``run.serviced`` as it
+    goes, so that :func:`_cleanup` undoes exactly what was done.
+
+    :returns: the upload credential, to delete once the snapshot is verified.
+    """
+    assert run.image_id is not None
+    ident = record.get("name") or record["uuid"]
+    if clean_shutdown:
+        _soft_power_off(run, record, shutdown_timeout, poll)
+
+    # Minted only now: a Keystone token lives at most [token] expiration
+    # (1 h by default) and the step needs it until its upload starts, so
+    # the clean shutdown must not eat into that.
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=timeout)
+    credential = run.credential = cred.create_upload_credential(
+        run.conn, run.image_id, endpoint=endpoint, expires_at=expires)
+
+    args: dict[str, Any] = {"image_id": run.image_id, "glance_endpoint": endpoint,
+                            "auth_token": credential.token,
+                            "disk_format": disk_format, **step_args}
+    if disk_format == "qcow2":
+        args["compression"] = compression
+    if device:
+        args["device"] = device
+    _ironic(run.conn, "PUT", f"/nodes/{run.node_id}/states/provision",
+            f"start servicing node {ident}", error=StepFailedError,
+            json={"target": "service", "service_steps": [
+                {"interface": "deploy", "step": STEP, "args": args}]})
+    run.serviced = True
+    LOG.info("Node %s is servicing: step %s into image %s", ident, STEP, run.image_id)
+    return credential
+
+
 def snapshot_node(
     conn: Any,
     node: str | None = None,
@@ -624,29 +665,11 @@ def snapshot_node(
                       json=body).json()
         run.image_id = image["id"]
         LOG.info("Created image %s (queued) for the snapshot of node %s", run.image_id, ident)
-        if clean_shutdown:
-            _soft_power_off(run, record, shutdown_timeout, poll_interval)
-
-        # Minted only now: a Keystone token lives at most [token] expiration
-        # (1 h by default) and the step needs it until its upload starts, so
-        # the clean shutdown must not eat into that.
-        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=timeout)
-        run.credential = cred.create_upload_credential(
-            conn, run.image_id, endpoint=endpoint, expires_at=expires)
-
-        args: dict[str, Any] = {"image_id": run.image_id, "glance_endpoint": endpoint,
-                                "auth_token": run.credential.token,
-                                "disk_format": disk_format, **step_args}
-        if disk_format == "qcow2":
-            args["compression"] = compression
-        if device:
-            args["device"] = device
-        _ironic(conn, "PUT", f"/nodes/{run.node_id}/states/provision",
-                f"start servicing node {ident}", error=StepFailedError,
-                json={"target": "service", "service_steps": [
-                    {"interface": "deploy", "step": STEP, "args": args}]})
-        run.serviced = True
-        LOG.info("Node %s is servicing: step %s into image %s", ident, STEP, run.image_id)
+        credential = _start_service(run, record, endpoint=endpoint, disk_format=disk_format,
+                                    compression=compression, timeout=timeout,
+                                    clean_shutdown=clean_shutdown,
+                                    shutdown_timeout=shutdown_timeout, device=device,
+                                    step_args=step_args, poll=poll_interval)
         if not wait:
             return SnapshotResult(image_id=run.image_id, image_name=name, node_id=run.node_id,
                                   status="running", disk_format=disk_format,
@@ -683,11 +706,11 @@ def snapshot_node(
         raise
     cleanup_notes = []
     try:
-        cred.delete_upload_credential(conn, run.credential)
+        cred.delete_upload_credential(conn, credential)
     except SnapshotClientError as exc:
         cleanup_notes.append(str(exc))
         LOG.warning("The snapshot succeeded but its upload credential could not be deleted "
-                    "(it expires at %s): %s", run.credential.expires_at, exc)
+                    "(it expires at %s): %s", credential.expires_at, exc)
     return dataclasses.replace(result, glance_endpoint=endpoint,
                                elapsed_seconds=round(run.elapsed(), 1))
 

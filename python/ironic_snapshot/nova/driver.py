@@ -20,14 +20,13 @@ message is this exception's (which never holds a secret).
 
 from __future__ import annotations
 
-import datetime
 import logging
 from typing import Any
 
 from keystoneauth1 import adapter as ks_adapter
 from keystoneauth1 import session as ks_session
 from keystoneauth1 import token_endpoint
-from nova import exception
+from nova.exception import NovaException
 from nova.compute import task_states
 from nova.virt.ironic import driver as ironic_driver
 from oslo_config import cfg
@@ -58,7 +57,7 @@ APP_CREDENTIAL_LOGIN = (
     "and retry")
 
 
-class SnapshotFailed(exception.NovaException):
+class SnapshotFailed(NovaException):
     """The snapshot of a bare-metal server failed; the message says why and what to do.
 
     A :class:`~nova.exception.NovaException`, so that Nova records this message
@@ -169,6 +168,8 @@ class IronicDriver(ironic_driver.IronicDriver):
         conf = CONF.ironic_snapshot
         poll = float(conf.poll_interval)
         run = workflow._Run(conn, None)
+        # Nova's image; _cleanup keeps it (Nova deletes it on failure).
+        run.image_id = image_id
         record = workflow._node(conn, instance.node)
         run.node_id = record["uuid"]
         if record.get("instance_uuid") != instance.uuid:
@@ -194,23 +195,11 @@ class IronicDriver(ironic_driver.IronicDriver):
                              {"op": "add", "path": "/snapshot_node", "value": run.node_id}])
         update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
         try:
-            expires = (datetime.datetime.now(datetime.UTC)
-                       + datetime.timedelta(seconds=conf.timeout))
-            run.credential = cred.create_upload_credential(conn, image_id, endpoint=endpoint,
-                                                           expires_at=expires)
-            if conf.clean_shutdown:
-                workflow._soft_power_off(run, record, conf.shutdown_timeout, poll)
-            args.update(image_id=image_id, glance_endpoint=endpoint,
-                        auth_token=run.credential.token, disk_format=conf.disk_format)
-            if conf.disk_format == "qcow2":
-                args["compression"] = conf.compression
-            workflow._ironic(conn, "PUT", f"/nodes/{run.node_id}/states/provision",
-                             f"start servicing node {ident}", error=StepFailedError,
-                             json={"target": "service", "service_steps": [
-                                 {"interface": "deploy", "step": workflow.STEP, "args": args}]})
-            run.serviced = True
-            LOG.info("Node %s of instance %s is servicing: step %s into image %s", ident,
-                     instance.uuid, workflow.STEP, image_id)
+            credential = workflow._start_service(
+                run, record, endpoint=endpoint, disk_format=conf.disk_format,
+                compression=conf.compression, timeout=conf.timeout,
+                clean_shutdown=conf.clean_shutdown, shutdown_timeout=conf.shutdown_timeout,
+                device=None, step_args=args, poll=poll)
             update_task_state(task_state=task_states.IMAGE_UPLOADING,
                               expected_state=task_states.IMAGE_PENDING_UPLOAD)
             workflow._follow(run, ident, conf.timeout, poll)
@@ -228,7 +217,7 @@ class IronicDriver(ironic_driver.IronicDriver):
                  ident, image_id)
         problems = []
         try:
-            cred.delete_upload_credential(conn, run.credential)
+            cred.delete_upload_credential(conn, credential)
         except SnapshotClientError as exc:
             problems.append(str(exc))
         if run.powered_off:
@@ -238,4 +227,4 @@ class IronicDriver(ironic_driver.IronicDriver):
                                  f"power node {ident} on again", json={"target": "power on"})
         for problem in problems:
             LOG.warning("Snapshot into image %s: %s (it expires at %s)", image_id, problem,
-                        run.credential.expires_at)
+                        credential.expires_at)
