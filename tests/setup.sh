@@ -4,6 +4,7 @@
 #   1. Debian packages from tests/apt-packages.txt (needs root; skipped if present),
 #      and qemu-system-x86 from bookworm-backports for the guest lab,
 #   2. the virtualenv .venv with tests/requirements.txt and this package,
+#      and .venv-nova with Nova 34 and Placement 16 for tests/nova,
 #   3. the release CLI (target/release/ironic-snapshot),
 #   4. capture of the example disk into a qcow2 image, judged by qemu-img.
 # Safe to run again: every step is idempotent.
@@ -51,6 +52,14 @@ say "Python virtualenv .venv"
 .venv/bin/pip install -q -r tests/requirements.txt
 # The package itself, built by maturin (release build of the Rust engine).
 .venv/bin/pip install -q -e .
+
+say "Nova virtualenv .venv-nova (the Nova tests' cloud; Nova's pins do not fit .venv)"
+[[ -x .venv-nova/bin/python ]] || python3 -m venv .venv-nova
+.venv-nova/bin/pip install -q -U pip
+# Keep in step with NOVA_REQUIREMENTS in tests/stack/nova.py; the tests install
+# this package's wheel into it themselves.
+.venv-nova/bin/pip install -q nova==34.0.0 openstack-placement==16.0.0 gunicorn
+.venv-nova/bin/pip check
 
 say "Release CLI"
 cargo build --release --locked -p snapshot-cli 2>&1 | tail -n 2

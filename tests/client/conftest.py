@@ -29,10 +29,11 @@ import pytest
 
 from tests.functional import fixtures
 from tests.functional.helpers import Disk
-from tests.stack.glance import GlanceServer, free_port, start_glance
+from tests.stack.glance import GlanceServer, free_port
 from tests.stack.ipa import AgentWatch, agent_on_demand
-from tests.stack.ironic import IronicServer, host_mac, start_ironic
+from tests.stack.ironic import IronicServer, host_mac
 from tests.stack.keystone import KeystoneServer, start_keystone
+from tests.stack.protected import keystone_glance, keystone_ironic
 
 # Shared with tests/functional, bound here so that pytest finds them: the
 # requirement check (autouse) and the test disk.
@@ -95,20 +96,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         other = keystone.create_project("other")
         alice = keystone.create_user("alice", PASSWORD, project=demo, role="member")
         bob = keystone.create_user("bob", PASSWORD, project=other, role="member")
-        admin_project_token = keystone.password_token("admin", keystone.admin_password,
-                                                      project="admin")
-        glance = stack.enter_context(start_glance(
-            root / "glance", flavor="keystone", port=glance_port, token=admin_project_token,
-            extra_conf={"keystone_authtoken": keystone.authtoken_conf(
-                # No token cache: a deleted credential must be refused at once.
-                "glance", service_type="image", token_cache_time="-1")}))
-        ironic = stack.enter_context(start_ironic(
-            root / "ironic", port=ironic_port,
-            extra_conf={"DEFAULT": {"auth_strategy": "keystone"},
-                        "keystone_authtoken": keystone.authtoken_conf(
-                            "ironic", service_type="baremetal", token_cache_time="-1")},
-            client_env=keystone.env("admin", keystone.admin_password, system=True),
-            token=keystone.admin_token))
+        glance = stack.enter_context(keystone_glance(keystone, root / "glance", glance_port))
+        ironic = stack.enter_context(keystone_ironic(keystone, root / "ironic", ironic_port))
         yield Cloud(keystone, glance, ironic, demo, other, alice, bob)
 
 

@@ -5,8 +5,10 @@ A suite's conftest binds them to its own names so that pytest finds them there.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,12 +24,19 @@ def stack_requirements() -> None:
         pytest.skip(_MISSING)
 
 
-@pytest.fixture(scope="module")
-def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
-    """The test disk on a loop device, detached at the end of the module."""
-    image, offset, size, files = build_disk(tmp_path_factory.mktemp("disk"))
+@contextlib.contextmanager
+def attached_disk(folder: Path) -> Iterator[Disk]:
+    """Builds the test disk in ``folder`` and attaches it to a loop device until the end."""
+    image, offset, size, files = build_disk(folder)
     device = run("losetup", "--find", "--show", str(image)).strip()
     try:
         yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
     finally:
         subprocess.run(["losetup", "--detach", device], check=False)
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
+    """The test disk on a loop device, detached at the end of the module."""
+    with attached_disk(tmp_path_factory.mktemp("disk")) as built:
+        yield built

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.functional import fixtures
-from tests.functional.helpers import Disk, build_disk, run
+from tests.functional.helpers import Disk
 from tests.stack.ironic import host_mac
 from tests.stack.nova import NovaCloud, start_nova_cloud
 
@@ -116,12 +116,8 @@ def nova_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Disk]:
     missing = missing_requirements()
     if missing is not None:
         pytest.skip(missing)
-    image, offset, size, files = build_disk(tmp_path_factory.mktemp("nova-disk"))
-    device = run("losetup", "--find", "--show", str(image)).strip()
-    try:
-        yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
+    with fixtures.attached_disk(tmp_path_factory.mktemp("nova-disk")) as disk:
+        yield disk
 
 
 @pytest.fixture(scope="session")

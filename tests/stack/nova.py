@@ -33,9 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.stack.glance import GlanceServer, free_port, start_glance
-from tests.stack.ironic import IronicServer, start_ironic
+from tests.stack.glance import GlanceServer, free_port
+from tests.stack.ironic import IronicServer
 from tests.stack.keystone import REGION, KeystoneServer, start_keystone
+from tests.stack.protected import keystone_glance, keystone_ironic
 from tests.stack.process import read_log_tail, stop_process_group, wait_until_ready, write_conf
 from tests.stack.rabbitmq import RabbitServer, start_rabbitmq
 
@@ -252,22 +253,9 @@ def start_nova_cloud(workdir: Path, *,
         # Nova's service user sees and drives every node (system scope).
         _system_roles(keystone, "nova", "service", "reader", "admin")
 
-        admin_project_token = keystone.password_token("admin", keystone.admin_password,
-                                                      project="admin")
-        glance = stack.enter_context(start_glance(
-            workdir / "glance", flavor="keystone", port=glance_port, token=admin_project_token,
-            extra_conf={"keystone_authtoken": keystone.authtoken_conf(
-                "glance", service_type="image", token_cache_time="-1")}))
-        ironic_extra: dict[str, dict[str, str]] = {
-            "DEFAULT": {"auth_strategy": "keystone"},
-            "keystone_authtoken": keystone.authtoken_conf(
-                "ironic", service_type="baremetal", token_cache_time="-1")}
-        for section, values in (ironic_conf or {}).items():
-            ironic_extra.setdefault(section, {}).update(values)
-        ironic = stack.enter_context(start_ironic(
-            workdir / "ironic", port=ironic_port, extra_conf=ironic_extra,
-            client_env=keystone.env("admin", keystone.admin_password, system=True),
-            token=keystone.admin_token))
+        glance = stack.enter_context(keystone_glance(keystone, workdir / "glance", glance_port))
+        ironic = stack.enter_context(keystone_ironic(keystone, workdir / "ironic", ironic_port,
+                                                     extra_conf=ironic_conf))
 
         # -- Placement ------------------------------------------------------------------
         placedir = workdir / "placement"

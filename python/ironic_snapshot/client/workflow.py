@@ -73,6 +73,9 @@ AGENT_DEPLOY_INTERFACES = frozenset({"direct", "custom-agent", "bootc", "ramdisk
 DISK_FORMATS = ("qcow2", "raw")
 COMPRESSIONS = ("zstd", "zlib", "none")
 VISIBILITIES = ("private", "shared", "community", "public")
+#: Provision states of a node whose service is under way (Ironic calls the
+#: running one ``servicing``; ``service`` is only the verb).
+SERVICE_STATES = frozenset({"servicing", "service wait"})
 #: Ironic API microversion of the ``service`` verb (2024.1).
 SERVICE_MICROVERSION = "1.87"
 #: Ironic API microversion of soft power off with a timeout.
@@ -725,7 +728,7 @@ def _follow(run: _Run, ident: str, timeout: float, poll: float) -> None:
         state, target = record.get("provision_state"), record.get("target_provision_state")
         image = _image(run.conn, run.image_id) if run.image_id else None
         run.report("service", state, image.get("status") if image else None)
-        if state and state.startswith("service"):
+        if state in SERVICE_STATES:
             seen_service = True
         if state == "service failed":
             raise StepFailedError(
@@ -740,7 +743,7 @@ def _follow(run: _Run, ident: str, timeout: float, poll: float) -> None:
                     f"Ironic accepted the service request but node {ident} did not start "
                     f"servicing within 60 s ({record.get('last_error') or 'no error'})",
                     image_id=run.image_id, node_id=run.node_id)
-        elif state not in ("service", "service wait", "active"):
+        elif state not in SERVICE_STATES and state != "active":
             raise StepFailedError(
                 f"Node {ident} went to {state} while servicing: "
                 f"{record.get('last_error') or 'no error given'}",
@@ -781,7 +784,7 @@ def get_snapshot(conn: Any, image_id: str, *, cleanup: bool = True) -> SnapshotS
         pass
     state = record.get("provision_state")
     step = record.get("service_step") or {}
-    running_here = (state in ("service", "service wait") and
+    running_here = (state in SERVICE_STATES and
                     (not step or (step.get("args") or {}).get("image_id") in (None, image_id)))
     outcome: SnapshotStatus
     if status == "active" and "snapshot_sha512" in image and not running_here:

@@ -37,9 +37,8 @@ from ironic_snapshot.client.errors import (
     CredentialError,
     ImageError,
     SnapshotClientError,
-    StepFailedError,
 )
-from ironic_snapshot.glance import find_endpoint, normalise_auth_url, normalise_endpoint
+from ironic_snapshot.glance import normalise_auth_url, normalise_endpoint
 from ironic_snapshot.nova import conf as snapshot_conf
 
 __all__ = ["IronicDriver", "SnapshotFailed"]
@@ -92,11 +91,30 @@ def _step_value(value: str) -> Any:
         return value.strip()
 
 
+def _catalog_url(catalog: list[dict[str, Any]], service_type: str, interface: str) -> str | None:
+    """A service's URL in Nova's request catalog.
+
+    keystonemiddleware hands services the catalog in the v2 shape
+    (``publicURL``, ``internalURL`` per endpoint); a v3 shape (``interface``
+    and ``url``) is read too.
+    """
+    for service in catalog:
+        if service.get("type") != service_type:
+            continue
+        for endpoint in service.get("endpoints") or []:
+            url = endpoint.get(f"{interface}URL")
+            if not url and endpoint.get("interface") == interface:
+                url = endpoint.get("url")
+            if url:
+                return str(url)
+    return None
+
+
 def _image_api_endpoint(context: Any, override: str | None) -> str:
     """Where this driver reaches Glance: the user's catalog, else the configured endpoint."""
     catalog = getattr(context, "service_catalog", None) or []
     for interface in ("internal", "public"):
-        url = find_endpoint(catalog, "image", interface, None)
+        url = _catalog_url(catalog, "image", interface)
         if url:
             return normalise_endpoint(url)
     if override:
