@@ -220,7 +220,7 @@ def start_nova_cloud(workdir: Path, *,
     novadir = workdir / "nova"
     novadir.mkdir(parents=True, exist_ok=True)
     install_this_package(venv, workdir)
-    glance_port, ironic_port, placement_port, api_port = (free_port() for _ in range(4))
+    glance_port, ironic_port = free_port(), free_port()
     processes: dict[str, subprocess.Popen] = {}
     outputs = []
 
@@ -245,8 +245,6 @@ def start_nova_cloud(workdir: Path, *,
         network = stack.enter_context(_network_stand_in())
         keystone.register_service("image", "glance", f"http://127.0.0.1:{glance_port}")
         keystone.register_service("baremetal", "ironic", f"http://127.0.0.1:{ironic_port}")
-        keystone.register_service("placement", "placement", f"http://127.0.0.1:{placement_port}")
-        keystone.register_service("compute", "nova", f"http://127.0.0.1:{api_port}/v2.1")
         keystone.register_service("network", "neutron", network)
         for user in ("nova", "placement", "glance", "ironic"):
             keystone.service_user(user)
@@ -268,6 +266,10 @@ def start_nova_cloud(workdir: Path, *,
         })
         _run([str(venv / "bin" / "placement-manage"), "--config-file",
               str(placedir / "placement.conf"), "db", "sync"], placedir)
+        # Ports are picked right before each server starts: minutes of client
+        # connections in between could take a port picked early.
+        placement_port = free_port()
+        keystone.register_service("placement", "placement", f"http://127.0.0.1:{placement_port}")
         # Like Keystone, Placement and nova-api parse sys.argv with oslo.config
         # and refuse gunicorn's arguments: a shim hides them.
         (placedir / "placement_shim.py").write_text(
@@ -320,6 +322,8 @@ def start_nova_cloud(workdir: Path, *,
         (novadir / "nova_api_shim.py").write_text(
             "import sys\nsys.argv = sys.argv[:1]\n"
             "from nova.wsgi.osapi_compute import application  # noqa\n")
+        api_port = free_port()
+        keystone.register_service("compute", "nova", f"http://127.0.0.1:{api_port}/v2.1")
         api_env = dict(os.environ, OS_NOVA_CONFIG_DIR=str(novadir),
                        # The first file is taken as the paste config.
                        OS_NOVA_CONFIG_FILES="api-paste.ini;nova.conf")
