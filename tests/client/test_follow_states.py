@@ -1,4 +1,5 @@
-"""The client follows a node through every state Ironic reports while it services.
+"""The client follows a node through every state Ironic reports while it services,
+and through a busy moment of Ironic (HTTP 500 "database is locked").
 
 Ironic reports a running service as ``servicing`` (``service`` is only the
 verb) between ``service wait`` phases: right after the request, and after each
@@ -17,8 +18,8 @@ from ironic_snapshot.client import workflow
 
 
 class _Response:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.status_code = 200
+    def __init__(self, body: dict[str, Any], status: int = 200) -> None:
+        self.status_code = status
         self._body = body
         self.text = ""
 
@@ -34,6 +35,10 @@ class _Baremetal:
 
     def request(self, url: str, method: str, **kwargs: Any) -> _Response:
         state, target = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        if state == "500":
+            # What Ironic on sqlite answered under load in tests/client.
+            return _Response({"error_message": "(sqlite3.OperationalError) database is "
+                              "locked"}, status=500)
         return _Response({"uuid": "n1", "provision_state": state,
                           "target_provision_state": target, "last_error": None})
 
@@ -62,3 +67,12 @@ def test_servicing_then_failed_is_reported_as_a_failed_step() -> None:
         assert "failed" in str(exc) and "went to servicing" not in str(exc)
     else:
         raise AssertionError("a failed service was not reported")
+
+
+def test_a_busy_moment_of_ironic_does_not_abort_the_snapshot() -> None:
+    conn = _Conn([("service wait", "active"), ("500", None), ("500", None),
+                  ("service wait", "active"), ("active", None)])
+    run = workflow._Run(conn, None)
+    run.node_id = "n1"
+    workflow._follow(run, "n1", timeout=60, poll=0)
+    assert conn.baremetal.states == [("active", None)]

@@ -232,12 +232,24 @@ def _ironic(conn: Any, method: str, url: str, what: str, *,
     return _call(conn.baremetal, method, url, what, error, microversion=microversion, **kwargs)
 
 
-def _node(conn: Any, ident: str) -> dict[str, Any]:
-    try:
-        response = conn.baremetal.request(f"/nodes/{ident}", "GET", raise_exc=False,
-                                          microversion=SERVICE_MICROVERSION)
-    except ks_exc.ClientException as exc:
-        raise SnapshotClientError(f"Cannot read node {ident} from Ironic: {exc}") from exc
+#: Reads of a node that a snapshot in progress retries when Ironic answers
+#: 5xx (a busy database), one poll interval apart, before giving up.
+NODE_READ_ATTEMPTS = 5
+
+
+def _node(conn: Any, ident: str, *, attempts: int = 1, pause: float = 0.0) -> dict[str, Any]:
+    """The node's record; ``attempts`` reads when Ironic answers 5xx, ``pause`` s apart."""
+    for attempt in range(1, attempts + 1):
+        try:
+            response = conn.baremetal.request(f"/nodes/{ident}", "GET", raise_exc=False,
+                                              microversion=SERVICE_MICROVERSION)
+        except ks_exc.ClientException as exc:
+            raise SnapshotClientError(f"Cannot read node {ident} from Ironic: {exc}") from exc
+        if response.status_code < 500 or attempt == attempts:
+            break
+        LOG.warning("Ironic answered HTTP %s reading node %s (attempt %d of %d): %s",
+                    response.status_code, ident, attempt, attempts, _error_text(response))
+        time.sleep(pause)
     if response.status_code == 404:
         raise NodeNotFoundError(
             f"Node {ident} not found: check its name or UUID, and that your project owns "
@@ -724,7 +736,9 @@ def _follow(run: _Run, ident: str, timeout: float, poll: float) -> None:
     seen_service = False
     accepted = time.monotonic()
     while True:
-        record = _node(run.conn, run.node_id)
+        # A snapshot runs for many minutes: one busy moment of Ironic's
+        # database must not abort it.
+        record = _node(run.conn, run.node_id, attempts=NODE_READ_ATTEMPTS, pause=poll)
         state, target = record.get("provision_state"), record.get("target_provision_state")
         image = _image(run.conn, run.image_id) if run.image_id else None
         run.report("service", state, image.get("status") if image else None)
