@@ -164,9 +164,20 @@ class NovaCloud:
         return {name: process.poll() is None for name, process in self.processes.items()}
 
 
+def _nova_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of Nova's processes: without the tests' ``PYTHONPATH``.
+
+    The tests put the checkout's ``python/`` first on ``PYTHONPATH``; Nova must
+    run the package installed in its venv, as an operator's would.
+    """
+    result = dict(os.environ if env is None else env)
+    result.pop("PYTHONPATH", None)
+    return result
+
+
 def _run(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> str:
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600,
-                            env=dict(env) if env is not None else None)
+                            env=_nova_env(env))
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:3])} failed ({result.returncode}): "
                            f"{(result.stderr or result.stdout)[-3000:]}")
@@ -229,8 +240,7 @@ def start_nova_cloud(workdir: Path, *,
         output = open(novadir / f"{name}.stdout", "wb")  # noqa: SIM115 - closed below
         outputs.append(output)
         process = subprocess.Popen(args, cwd=novadir, stdout=output, stderr=subprocess.STDOUT,
-                                   env=dict(env) if env is not None else None,
-                                   start_new_session=True)
+                                   env=_nova_env(env), start_new_session=True)
         processes[name] = process
         return process
 
