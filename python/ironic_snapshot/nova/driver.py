@@ -164,10 +164,13 @@ class IronicDriver(ironic_driver.IronicDriver):
         api_endpoint = _image_api_endpoint(context, conf.glance_endpoint)
         upload_endpoint = normalise_endpoint(conf.glance_endpoint or api_endpoint)
         session = ks_session.Session()
+        # The user's token as is, at fixed endpoints (no catalog lookup).
+        identity_url = normalise_auth_url(conf.auth_url) + "/v3"
         identity = ks_adapter.Adapter(session, auth=token_endpoint.Token(
-            normalise_auth_url(conf.auth_url) + "/v3", context.auth_token))
+            identity_url, context.auth_token), endpoint_override=identity_url)
+        image_url = api_endpoint + "/v2"
         image = ks_adapter.Adapter(session, auth=token_endpoint.Token(
-            api_endpoint + "/v2", context.auth_token))
+            image_url, context.auth_token), endpoint_override=image_url)
         conn = _UserConnection(self.ironic_connection, image, identity, context.user_id)
         try:
             self._snapshot(conn, context, instance, image_id, upload_endpoint,
