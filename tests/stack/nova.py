@@ -318,14 +318,18 @@ def start_nova_cloud(workdir: Path, *,
         common["placement"].update(username="nova",
                                    password=keystone.service_passwords["nova"])
         controller = {**common,
-                      "api_database": {"connection": f"sqlite:///{novadir / 'api.sqlite'}"},
-                      "database": {"connection": f"sqlite:///{novadir / 'cell1.sqlite'}"}}
+                      # sqlite allows one writer: wait for the lock up to 60 s
+                      # (the default 5 s gave "database is locked" under load).
+                      "api_database": {"connection":
+                                       f"sqlite:///{novadir / 'api.sqlite'}?timeout=60"},
+                      "database": {"connection":
+                                   f"sqlite:///{novadir / 'cell1.sqlite'}?timeout=60"}}
         write_conf(novadir / "nova.conf", controller)
         shutil.copy(venv / "etc" / "nova" / "api-paste.ini", novadir / "api-paste.ini")
         manage = [str(venv / "bin" / "nova-manage"), "--config-file", str(novadir / "nova.conf")]
         _run(manage + ["api_db", "sync"], novadir)
         _run(manage + ["cell_v2", "map_cell0", "--database_connection",
-                       f"sqlite:///{novadir / 'cell0.sqlite'}"], novadir)
+                       f"sqlite:///{novadir / 'cell0.sqlite'}?timeout=60"], novadir)
         _run(manage + ["cell_v2", "create_cell", "--name", "cell1"], novadir)
         _run(manage + ["db", "sync"], novadir)
 
