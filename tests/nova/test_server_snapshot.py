@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -129,8 +130,13 @@ def _snapshot_fails(cloud: Cloud, server: Server, env: dict[str, str] | None = N
     images_before = {image["id"] for image in cloud.images()}
     result = cloud.openstack(user, "server", "image", "create", "--name", name, server.id,
                              "-f", "json", env=env)
-    assert result.returncode == 0, result.stderr
-    image_id = json.loads(result.stdout)["id"]
+    if result.returncode == 0:
+        image_id = json.loads(result.stdout)["id"]
+    else:
+        # A fast failure: Nova deleted the image before the client read it back.
+        found = re.search(r"No Image found for ([0-9a-f-]{36})", result.stderr)
+        assert found, result.stderr
+        image_id = found.group(1)
     time.sleep(2)
     record = _wait_task_done(cloud, server, timeout=400)
     assert record["status"] == "ACTIVE", record
