@@ -54,11 +54,12 @@ OPTS = [
     cfg.StrOpt(
         "memory_limit",
         default="auto",
-        help="Most compressed data held in memory while streaming to Glance "
-        "before the engine reads the disk a second time instead: a size "
-        "such as 512M, or auto for half of the memory available when the "
-        "step starts (the node does nothing else in the ramdisk, and an "
-        "image that fits is read and compressed once).",
+        help="Most memory the capture holds while streaming to Glance: the "
+        "image's metadata, the buffers and, in the rest, compressed data, past "
+        "which the engine reads the disk a second time instead: a size such "
+        "as 512M, or auto for half of the memory available when the step "
+        "starts (the node does nothing else in the ramdisk, and an image that "
+        "fits is read and compressed once).",
     ),
     cfg.BoolOpt(
         "skip_free_space",

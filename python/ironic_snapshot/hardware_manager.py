@@ -91,8 +91,9 @@ SNAPSHOT_DISK_ARGSINFO: dict[str, dict[str, Any]] = {
         "required": False,
     },
     "memory_limit": {
-        "description": "Memory for compressed data before a second read of "
-        "the disk, such as 512M, or auto for half of the memory available. "
+        "description": "Memory of the capture (the image's metadata, the "
+        "buffers and, in the rest, compressed data held before a second read "
+        "of the disk), such as 512M, or auto for half of the memory available. "
         "Default: [snapshot]memory_limit (auto).",
         "required": False,
     },

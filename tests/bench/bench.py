@@ -19,6 +19,14 @@ Contenders on the 8 GiB disk:
 On the 64 GiB disk (same data, bigger ext4) ``ours`` runs again for the
 scaling ratio; ``--qemu-64`` adds qemu-img there too (it reads all 64 GiB).
 
+With ``--stream LIMIT`` (repeatable), the streaming path runs too:
+``stream-LIMIT`` is ``ironic-snapshot capture DEV -o - --memory-limit LIMIT
+--report FILE`` with standard output going to a file, the path of an upload to
+Glance (the qcow2 header first: compressed data spooled within the limit, or
+the disk read twice). Its peak RSS must stay within the limit plus
+``STREAM_SLACK_MIB``. ``--disk2t`` adds the same data on a 2 TiB sparse disk,
+where only the streams run; ``--stream-only`` runs only the streams.
+
 With ``--planner`` (the ``plan`` example of snapshot-core), what planning
 costs on each disk is measured first, with and without the cross-check of
 allocation bitmaps against the inodes: median seconds and the metadata bytes
@@ -51,6 +59,10 @@ TARGET_SIZE_NOSKIP = 1.0
 TARGET_SIZE_SKIP = 0.8
 TARGET_RSS_MIB = 256.0
 TARGET_SCALING = 1.2
+# A stream's peak RSS may pass its --memory-limit by this much (the binary,
+# thread stacks, allocator slack): issue 10, item 11.
+STREAM_SLACK_MIB = 64.0
+
 
 def _on_signal(signum, frame):
     # SystemExit unwinds every ExitStack: mounts and loop devices are undone.
@@ -114,8 +126,20 @@ def warm(dev):
     return total / secs / 1e6 if secs else 0.0
 
 
-def timed(cmd, out_path, log_path):
-    """Run cmd under GNU time -v; return a result dict (raises if it fails)."""
+def parse_size_mib(text):
+    """MiB of a size such as 256M or 1G (K, M, G, T binary suffixes)."""
+    m = re.fullmatch(r"(\d+)([KMGT]?)", text.strip().upper())
+    if not m:
+        raise ValueError("not a size: %s (use such as 256M or 1G)" % text)
+    return int(m.group(1)) * {"": 1 / MIB, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1 << 20}[m.group(2)]
+
+
+def timed(cmd, out_path, log_path, report_path=None):
+    """Run cmd under GNU time -v; return a result dict (raises if it fails).
+
+    ``report_path``: where the command writes its JSON report (``--report``),
+    when its standard output is the image.
+    """
     time_file = str(log_path) + ".time"
     # Other work on the machine skews wall times: record the load it saw.
     load = os.getloadavg()[0]
@@ -144,12 +168,19 @@ def timed(cmd, out_path, log_path):
         "size": os.stat(out_path).st_size,
         "load_before": load,
     }
-    if res.stdout.strip():
+    if report_path is not None:
+        result["report"] = json.loads(Path(report_path).read_text())
+    elif res.stdout.strip():
         try:
             result["report"] = json.loads(res.stdout)
         except ValueError:
             result["stdout"] = res.stdout[-500:]
     return result
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def digest_floor(image):
@@ -275,6 +306,10 @@ def main():
     parser.add_argument("--cli", required=True, help="path of the ironic-snapshot binary")
     parser.add_argument("--disk8", required=True, type=Path, help="the 8 GiB benchmark disk image")
     parser.add_argument("--disk64", type=Path, help="the 64 GiB variant (scaling check)")
+    parser.add_argument("--disk2t", type=Path, help="the 2 TiB sparse variant (streams only)")
+    parser.add_argument("--stream", action="append", default=[], metavar="LIMIT",
+                        help="also run the streaming path (-o -) with this --memory-limit (repeatable)")
+    parser.add_argument("--stream-only", action="store_true", help="run only the streams")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender (default 3)")
     parser.add_argument("--out-dir", type=Path, default=Path("/dev/shm"),
                         help="where outputs go, never the source's folder (default /dev/shm)")
@@ -325,16 +360,32 @@ def bench(args, work):
         return ["qemu-img", "convert", "-W", "-m", "16", "-c", "-O", "qcow2",
                 "-o", "compression_type=zstd", dev, str(out)]
 
+    def stream(limit):
+        # The image goes to standard output (a file here), the report to --report.
+        def make(dev, out):
+            script = ('cli=$0 dev=$1 limit=$2 report=$3 out=$4; shift 4; '
+                      'exec "$cli" capture "$dev" -o - --memory-limit "$limit" --report "$report" "$@" > "$out"')
+            return ["sh", "-c", script, args.cli, dev, limit, str(out) + ".json", str(out)] + args.ours_arg
+        return make
+
+    streams = [("stream-%s" % limit, stream(limit)) for limit in args.stream]
+    for limit in args.stream:
+        parse_size_mib(limit)
     plans = [("8G", args.disk8, [("ours", ours([])), ("qemu", qemu)])]
     if has_noskip:
         plans[0][2].insert(1, ("ours-noskip", ours(["--no-skip-free-space"])))
     else:
         print("bench: the CLI has no --no-skip-free-space yet: that variant is not run")
-    if args.disk64:
+    if args.stream_only:
+        plans[0][2].clear()
+    plans[0][2].extend(streams)
+    if args.disk64 and not args.stream_only:
         contenders = [("ours", ours([]))]
         if args.qemu_64:
             contenders.append(("qemu", qemu))
         plans.append(("64G", args.disk64, contenders))
+    if args.disk2t and streams:
+        plans.append(("2T", args.disk2t, streams))
 
     results = {}
     planning = {}
@@ -425,35 +476,56 @@ def bench_disk(args, label, disk, dev, contenders, work, results, failures):
     else:
         # Reading all 64 GiB would not fit the page cache; an untimed run of
         # ours reads what ours reads, which is what the scaling ratio measures.
-        print("bench: %s: %s on %s (read-only); untimed warm-up run of ours..." % (label, disk, dev),
-              flush=True)
+        print("bench: %s: %s on %s (read-only); untimed warm-up run of %s..."
+              % (label, disk, dev, contenders[0][0]), flush=True)
         out = work / "warmup.qcow2"
+        report = Path(str(out) + ".json")
         try:
-            timed(contenders[0][1](dev, out), out, work / "warmup.log")
+            timed(contenders[0][1](dev, out), out, work / "warmup.log",
+                  report if contenders[0][0].startswith("stream") else None)
         except Exception as exc:
             failures.append("%s warm-up run: %s" % (label, exc))
             print("bench: FAILED %s warm-up run: %s" % (label, exc), flush=True)
             return
         out.unlink()
+        report.unlink(missing_ok=True)
     for i in range(args.runs):
         for name, make in contenders:
             key = "%s %s" % (label, name)
             out = work / ("%s-%s-%d.qcow2" % (label, name, i))
             log = work / ("%s-%s-%d.log" % (label, name, i))
+            report = Path(str(out) + ".json") if name.startswith("stream") else None
             entry = results.setdefault(key, {"runs": [], "validation": None})
             try:
-                r = timed(make(dev, out), out, log)
+                r = timed(make(dev, out), out, log, report)
             except Exception as exc:
                 failures.append("%s run %d: %s" % (key, i + 1, exc))
                 print("bench: FAILED %s run %d: %s" % (key, i + 1, exc), flush=True)
                 out.unlink(missing_ok=True)
                 continue
+            finally:
+                if report is not None:
+                    report.unlink(missing_ok=True)
             entry["runs"].append(r)
+            if report is not None:
+                r["memory_limit_mib"] = parse_size_mib(name.split("-", 1)[1])
+                r["passes"] = r["report"]["passes"]
             print("bench: %-16s run %d: %7.2f s wall, %7.2f s cpu, %6.1f MiB rss, %8.1f MiB out"
-                  ", load %.1f before" % (key, i + 1, r["wall_s"], r["user_s"] + r["sys_s"], r["rss_mib"],
-                                          r["size"] / MIB, r["load_before"]),
+                  ", load %.1f before%s" % (key, i + 1, r["wall_s"], r["user_s"] + r["sys_s"], r["rss_mib"],
+                                            r["size"] / MIB, r["load_before"],
+                                            ", %d pass(es)" % r["passes"] if report is not None else ""),
                   flush=True)
-            if entry["validation"] is None and name != "qemu":
+            if entry["validation"] is None and report is not None:
+                # A stream: the image it wrote has the digest it reports.
+                try:
+                    qemu_check(out)
+                    if sha256_file(out) != r["report"]["sha256"]:
+                        raise RuntimeError("sha256 of the output differs from the report's")
+                    entry["validation"] = "qemu-img check ok, sha256 = report's"
+                except Exception as exc:
+                    entry["validation"] = "FAILED: %s" % exc
+                    failures.append("%s validation: %s" % (key, exc))
+            elif entry["validation"] is None and name != "qemu":
                 try:
                     if name == "ours-noskip":
                         entry["validation"] = validate_identical(out, dev)
@@ -575,6 +647,10 @@ def print_targets(results):
     for key, e in results.items():
         if "ours" in key and e["runs"]:
             check("peak RSS MiB %s" % key, max(stats(e, "rss_mib")), "<", TARGET_RSS_MIB)
+        elif "stream" in key and e["runs"]:
+            limit = e["runs"][0]["memory_limit_mib"]
+            check("peak RSS MiB %s (limit + %g)" % (key, STREAM_SLACK_MIB), max(stats(e, "rss_mib")), "<=",
+                  limit + STREAM_SLACK_MIB)
     # CPU seconds do not depend on what else the machine runs: a steadier view.
     q_cpu = cpu_median(results.get("8G qemu"))
     for key in ("8G ours-noskip", "8G ours"):

@@ -5,7 +5,9 @@
 # validation fails; missed targets are printed as "TARGET MISSED" lines.
 #
 # Usage: tests/bench/run.sh [--runs N] [--no-64] [--qemu-64] [--profile] [--plan-only] [--nice N] [--cli PATH]
-#                           [--out-dir DIR] [-- EXTRA ironic-snapshot ARGS]
+#                           [--out-dir DIR] [--stream] [--stream-only] [-- EXTRA ironic-snapshot ARGS]
+# --stream adds the streaming path (-o -, as to Glance) at --memory-limit 256M and 1G on the 8 GiB
+# disk and on a 2 TiB sparse disk holding the same data; --stream-only runs only the streams.
 # Environment: BENCH_DIR (caches, disks, results; default /var/tmp/ironic-snapshot-bench)
 set -euo pipefail
 
@@ -14,7 +16,7 @@ repo=$(cd "$here/../.." && pwd)
 bench_dir=${BENCH_DIR:-/var/tmp/ironic-snapshot-bench}
 export BENCH_DIR=$bench_dir
 
-runs=3 with64=1 qemu64=() profile=() plan_only=() nice=() cli="" out_dir=/dev/shm extra=()
+runs=3 with64=1 qemu64=() profile=() plan_only=() nice=() cli="" out_dir=/dev/shm extra=() stream=()
 while (($#)); do
     case $1 in
         --runs) runs=${2:?--runs needs a number}; shift 2 ;;
@@ -25,8 +27,10 @@ while (($#)); do
         --nice) nice=(--nice "${2:?--nice needs a number}"); shift 2 ;;
         --cli) cli=${2:?--cli needs a path}; shift 2 ;;
         --out-dir) out_dir=${2:?--out-dir needs a folder}; shift 2 ;;
+        --stream) stream=(--stream 256M --stream 1G); shift ;;
+        --stream-only) stream=(--stream 256M --stream 1G --stream-only); with64=0; shift ;;
         --) shift; extra=("$@"); break ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -59,6 +63,9 @@ args=(--cli "$cli" --planner "$planner" --disk8 "$disk8" --runs "$runs" --out-di
       --results "$bench_dir/results-$(date -u +%Y%m%dT%H%M%SZ).json" "${qemu64[@]}" "${profile[@]}" "${plan_only[@]}" "${nice[@]}")
 if ((with64)); then
     args+=(--disk64 "$(disk 64g)")
+fi
+if ((${#stream[@]})); then
+    args+=("${stream[@]}" --disk2t "$(disk 2t)")
 fi
 for a in "${extra[@]}"; do args+=("--ours-arg=$a"); done
 

@@ -132,9 +132,9 @@ class SnapshotBaremetalNode(command.ShowOne):
                             help="qcow2 cluster size, a power of two from 64K to 2M "
                                  "(default: the agent's, 64K)")
         parser.add_argument("--memory-limit", metavar="<size>",
-                            help="Memory for compressed data in the agent before it reads "
-                                 "the disk a second time, such as 1G, or auto (default: "
-                                 "the agent's, auto)")
+                            help="Memory of the capture in the agent (metadata, buffers, "
+                                 "compressed data held before it reads the disk a second "
+                                 "time), such as 1G, or auto (default: the agent's, auto)")
         parser.add_argument("--threads", metavar="<count>", type=int,
                             help="Compression threads in the agent, 0 for one per core "
                                  "(default: the agent's, 0)")

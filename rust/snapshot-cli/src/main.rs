@@ -180,9 +180,10 @@ struct CaptureArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
 
-    /// Most compressed data held in memory for -o - and Glance; beyond it the
-    /// disk is read twice instead. `auto`: half of the memory available now
-    /// (for a machine doing nothing else)
+    /// Memory of a capture to -o - or Glance: the image's metadata, the
+    /// buffers and, in the rest, compressed data held until the header can go
+    /// first; beyond it the disk is read twice instead. `auto`: half of the
+    /// memory available now (for a machine doing nothing else)
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_memory_limit)]
     memory_limit: u64,
 

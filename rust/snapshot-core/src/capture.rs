@@ -7,11 +7,13 @@
 //!   the placeholder; the digests come from reading the image back.
 //! - qcow2 to a forward-only sink (standard output, Glance): the header must
 //!   come first and depends on the size of everything, so the compressed
-//!   data is spooled in memory up to `memory_limit` and emitted once the
-//!   layout is known. Past the limit, the first pass only sizes the image
-//!   (keeping a CRC-32 per stored cluster) and a second pass reads and
-//!   compresses again (deterministic) while emitting, checking every cluster
-//!   against the first pass: a difference means the source changed.
+//!   data is spooled in memory and emitted once the layout is known: in what
+//!   `memory_limit` leaves once the metadata (bounded before the disk is
+//!   read) and the buffers are counted. Past that, the first pass only sizes
+//!   the image (keeping a CRC-32 per stored cluster) and a second pass reads
+//!   and compresses again (deterministic) while emitting, placing every
+//!   cluster again over the first pass's layout and checking its CRC and its
+//!   place: a difference means the source changed.
 //! - raw: the disk byte for byte; holes are left in a seekable sink and
 //!   written as zeros to a forward-only one.
 
@@ -29,10 +31,19 @@ use crate::progress::{Phase, Progress, ProgressUpdate};
 use crate::qcow2::{self, Emit, Layout, Packer};
 use crate::report::{ClusterCounts, Report};
 use crate::sink::{FileSink, Sink, StdoutSink};
+use crate::size::format_size;
 use crate::source::{self, Source};
 
 /// Bytes per piece of emitted image handed to the sink and the digests.
 const CHUNK: usize = 4 * 1024 * 1024;
+
+/// Most bytes the emitter of a stream holds besides the spool: the pieces
+/// the hash threads may still read (kept for reuse), the piece being
+/// filled, the piece of zeros, the plain clusters the packer lets wait for
+/// a cluster boundary, and the header (at most one 2 MiB cluster).
+const EMIT_BUFFERS: u64 = (crate::digest::RECYCLE as u64 + 2) * CHUNK as u64
+    + qcow2::PENDING_BYTES
+    + qcow2::MAX_CLUSTER_SIZE as u64;
 
 /// Captures the disk at `source` (a block device or a regular file, opened
 /// read-only) into `target` as `options` say, reporting progress to
@@ -274,6 +285,13 @@ struct Scan {
     partitions: Vec<fs::PartitionReport>,
 }
 
+impl Scan {
+    /// Clusters to read: at most that many are stored.
+    fn clusters(&self) -> u64 {
+        self.runs.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
 impl Job<'_> {
     fn cancelled(&self) -> Result<()> {
         if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -416,12 +434,63 @@ impl Job<'_> {
             .div_ceil(u64::from(self.settings.cluster_size))
     }
 
-    fn layout(&self) -> Layout {
-        Layout::new(
+    /// A fresh layout, with room for the reference counts of every
+    /// cluster of the scan.
+    fn layout(&self, scan: &Scan) -> Layout {
+        let mut layout = Layout::new(
             self.settings.cluster_size,
             self.disk.size(),
             self.settings.compression,
-        )
+        );
+        layout.reserve(scan.clusters());
+        layout
+    }
+
+    /// The bytes of compressed data a stream may spool: what the memory
+    /// limit leaves once everything else the capture holds is counted. That
+    /// is the layout's metadata and a CRC-32 per cluster (both grow with the
+    /// data, bounded from the scan before the disk is read), and the
+    /// buffers of the workers, the emitter and the sink (fixed by the
+    /// settings). A limit below the metadata is refused: it can only grow.
+    /// Between the metadata and the metadata plus the buffers, nothing is
+    /// spooled (the disk is read twice) and the buffers are the excess.
+    fn spool_budget(&self, scan: &Scan, settings: &Settings, sink: &dyn Sink) -> Result<u64> {
+        let cs = self.settings.cluster_size;
+        let clusters = scan.clusters();
+        let bound = qcow2::memory_bound(cs, self.disk.size(), &scan.runs);
+        let metadata = bound.layout + clusters * 4;
+        let buffers =
+            pipeline::memory_bound(settings)? + EMIT_BUFFERS + sink.buffer_bytes() + bound.emit;
+        let limit = self.options.memory_limit;
+        if limit < metadata {
+            return Err(Error::InvalidOption {
+                option: "--memory-limit",
+                reason: format!(
+                    "{} cannot hold the metadata of this image: the L2 tables, reference counts and checksums of up to {clusters} clusters of {} of this {} disk take {}; give at least {}M, or a bigger --cluster-size (less metadata)",
+                    format_size(limit),
+                    format_size(u64::from(cs)),
+                    format_size(self.disk.size()),
+                    format_size(metadata),
+                    metadata.div_ceil(1 << 20),
+                ),
+            });
+        }
+        let spool = limit.saturating_sub(metadata + buffers);
+        tracing::info!(
+            memory_limit = limit,
+            metadata,
+            buffers,
+            spool,
+            "Memory of the stream: metadata and buffers, the rest for compressed data"
+        );
+        if spool == 0 {
+            tracing::warn!(
+                memory_limit = limit,
+                needed = metadata + buffers,
+                "The memory limit leaves no room to spool compressed data: the disk is read twice"
+            );
+        }
+        Ok(spool)
     }
 
     /// Counts the clusters never read (holes, free space) as zero.
@@ -434,7 +503,7 @@ impl Job<'_> {
         let mut out = Emitter::new(Dest::Sink(&mut *sink), None);
         // Cluster 0 holds the header, written last.
         out.emit_zeros(cs)?;
-        let mut packer = Packer::new(self.layout());
+        let mut packer = Packer::new(self.layout(scan));
         let mut counts = ClusterCounts::default();
         self.pipeline(scan, &self.settings, &mut |batch| {
             self.write_batch(batch, &mut packer, &mut out, &mut counts)
@@ -487,19 +556,21 @@ impl Job<'_> {
             checksums: true,
             ..self.settings.clone()
         };
+        let budget = self.spool_budget(scan, &settings, &*sink)?;
         // Pass 1: compress, spooling the data area while it fits the memory
         // limit, and keep a CRC-32 of every stored cluster in case it does not.
         let mut spool = Emitter::new(
             Dest::Spool {
                 chunks: Vec::new(),
-                limit: self.options.memory_limit,
+                limit: budget,
             },
             None,
         );
         spool.written = cs; // the data area starts after the header cluster
-        let mut packer = Packer::new(self.layout());
+        let mut packer = Packer::new(self.layout(scan));
         let mut counts = ClusterCounts::default();
-        let mut crcs: Vec<u32> = Vec::new();
+        // At most one per cluster read: reserved at once, as counted.
+        let mut crcs: Vec<u32> = Vec::with_capacity(scan.clusters() as usize);
         self.pipeline(scan, &settings, &mut |batch| {
             crcs.extend_from_slice(&batch.crcs);
             self.pack(batch, &mut packer, &mut spool, &mut counts)?;
@@ -519,50 +590,57 @@ impl Job<'_> {
 
         let mut out = Emitter::new(Dest::Sink(&mut *sink), Some(Digester::new()?));
         out.emit(&header)?;
-        let passes =
-            if let Dest::Spool { chunks, .. } = std::mem::replace(&mut spool.dest, Dest::Count) {
-                tracing::debug!(
-                    bytes = spool.written - cs,
-                    "Data fit the memory limit: one pass"
-                );
-                let image_size = layout.image_size();
-                for chunk in chunks {
-                    self.cancelled()?;
-                    out.emit_chunk(chunk)?;
-                    self.update_image(Phase::Sending, out.written, image_size, out.written);
-                }
-                1
-            } else {
-                tracing::info!(
-                    data_bytes = layout.cursor() - cs,
-                    memory_limit = self.options.memory_limit,
-                    "Compressed data exceeds the memory limit: reading the source a second time"
-                );
-                // Pass 2: the same clusters must come out with the same sizes
-                // and CRCs; the layout, hence the header already sent, then holds.
-                let mut packer = Packer::new(self.layout());
-                let mut again = ClusterCounts::default();
-                let mut next = 0usize;
-                self.pipeline(scan, &settings, &mut |batch| {
-                    for crc in &batch.crcs {
-                        if crcs.get(next) != Some(crc) {
-                            return Err(Error::SourceChanged {
-                                path: self.disk.path().to_owned(),
-                            });
-                        }
-                        next += 1;
-                    }
-                    self.write_batch(batch, &mut packer, &mut out, &mut again)
-                })?;
+        let (layout, passes) = if let Dest::Spool { chunks, .. } =
+            std::mem::replace(&mut spool.dest, Dest::Count)
+        {
+            tracing::debug!(
+                bytes = spool.written - cs,
+                "Data fit the memory limit: one pass"
+            );
+            drop(crcs);
+            let image_size = layout.image_size();
+            for chunk in chunks {
                 self.cancelled()?;
-                let second = packer.finish(&mut out)?;
-                if next != crcs.len() || second != layout {
-                    return Err(Error::SourceChanged {
-                        path: self.disk.path().to_owned(),
-                    });
+                out.emit_chunk(chunk)?;
+                self.update_image(Phase::Sending, out.written, image_size, out.written);
+            }
+            (layout, 1)
+        } else {
+            tracing::info!(
+                data_bytes = layout.cursor() - cs,
+                spool = budget,
+                "Compressed data exceeds the memory left for it: reading the source a second time"
+            );
+            // Pass 2 places the clusters again over the first layout,
+            // which checks each placement instead of recording it: the
+            // metadata is held once. The same clusters must come out
+            // with the same sizes and CRCs; the layout, hence the header
+            // already sent, then holds.
+            let mut packer = Packer::new(layout.replay());
+            let mut again = ClusterCounts::default();
+            let mut next = 0usize;
+            self.pipeline(scan, &settings, &mut |batch| {
+                for crc in &batch.crcs {
+                    if crcs.get(next) != Some(crc) {
+                        return Err(Error::SourceChanged {
+                            path: self.disk.path().to_owned(),
+                        });
+                    }
+                    next += 1;
                 }
-                2
+                self.write_batch(batch, &mut packer, &mut out, &mut again)
+            })?;
+            self.cancelled()?;
+            let changed = || Error::SourceChanged {
+                path: self.disk.path().to_owned(),
             };
+            // Every cluster's CRC matched and went where it went the first time.
+            let layout = packer.finish(&mut out)?.end_replay().ok_or_else(changed)?;
+            if next != crcs.len() {
+                return Err(changed());
+            }
+            (layout, 2)
+        };
         layout.emit_metadata(&mut out)?;
         out.flush()?;
         let image_size = out.written;

@@ -51,7 +51,7 @@ pub(crate) struct Recycler {
 }
 
 /// Buffers remembered for reuse: a few more than the hash queues hold.
-const RECYCLE: usize = QUEUE + 4;
+pub(crate) const RECYCLE: usize = QUEUE + 4;
 
 impl Recycler {
     /// A buffer with room for `capacity` bytes: the oldest one sent, if the

@@ -121,8 +121,16 @@ pub struct CaptureOptions {
     pub cluster_size: u32,
     /// Compression workers; 0 means one per available core.
     pub threads: usize,
-    /// Most bytes of compressed data held in memory for a forward-only sink
-    /// before falling back to a second read of the source.
+    /// Most bytes of memory a qcow2 capture to a forward-only sink (standard
+    /// output, Glance) holds: the image's metadata (L2 tables, reference
+    /// counts and a CRC-32 per cluster read, bounded from the disk before
+    /// it is read), the buffers of the workers, the emitter and the sink,
+    /// and in what is left the compressed data, spooled until the header
+    /// can go first. Data that does not fit makes the capture read the
+    /// source a second time. A limit below the metadata is refused with the
+    /// minimum; one below the metadata plus the buffers reads twice and
+    /// exceeds the limit by at most the buffers (a few MiB per thread). A
+    /// seekable file needs no spool and is not bound by it.
     pub memory_limit: u64,
     /// Skip free space of known filesystems and swap areas.
     pub skip_free_space: bool,

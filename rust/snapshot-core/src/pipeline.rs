@@ -254,6 +254,51 @@ impl Cursor<'_> {
     }
 }
 
+/// Clusters per batch.
+fn clusters_per_batch(settings: &Settings) -> usize {
+    (BATCH_BYTES / u64::from(settings.cluster_size)).max(1) as usize
+}
+
+/// Batches in the pool: enough for every worker to hold one and the
+/// consumer to drain a few out of order.
+fn pool_size(settings: &Settings) -> usize {
+    2 * settings.threads.max(1) + 2
+}
+
+/// Most bytes of memory [`run`] holds whatever the disk size: the pool of
+/// batches (each with its data, its compressed output and per-cluster
+/// bookkeeping) and every worker's scratch buffer and compressor. The
+/// compressor's state is measured: zstd sizes it from the level and the
+/// cluster size, so one is made and run on a zero cluster.
+pub(crate) fn memory_bound(settings: &Settings) -> Result<u64> {
+    let cs = u64::from(settings.cluster_size);
+    let per_batch = clusters_per_batch(settings) as u64;
+    let batch = 2 * per_batch * cs + per_batch * (std::mem::size_of::<Stored>() as u64 + 4);
+    let compressor = compressor_memory(settings)?;
+    let worker = cs + compressor;
+    Ok(pool_size(settings) as u64 * batch + settings.threads.max(1) as u64 * worker)
+}
+
+/// Bytes one worker's compressor holds once it has compressed a cluster.
+fn compressor_memory(settings: &Settings) -> Result<u64> {
+    let cs = settings.cluster_size as usize;
+    Ok(
+        match Compressor::new(settings.compression, settings.level)? {
+            Compressor::Zstd(mut zstd) => {
+                let input = vec![0u8; cs];
+                let mut output = vec![0u8; cs];
+                // Only allocates the state; the bytes do not matter.
+                let _ = zstd.compress_to_buffer(&input, &mut output);
+                zstd.context_mut().sizeof() as u64
+            }
+            // zlib-rs: the deflate state, window and hash chains of a 4 KiB
+            // window are a few hundred KiB at most.
+            Compressor::Zlib(_) => 512 << 10,
+            Compressor::None => 0,
+        },
+    )
+}
+
 /// Runs the pipeline over `input`, calling `consume` with each batch in
 /// disk order. Stops at the first error of any stage, or when cancelled.
 ///
@@ -271,10 +316,8 @@ pub(crate) fn run(
 ) -> Result<()> {
     let cs = u64::from(settings.cluster_size);
     let threads = settings.threads.max(1);
-    let per_batch = (BATCH_BYTES / cs).max(1) as usize;
-    // Enough batches for every worker to hold one and the consumer to
-    // drain a few out of order.
-    let pool = 2 * threads + 2;
+    let per_batch = clusters_per_batch(settings);
+    let pool = pool_size(settings);
     // The scratch buffer holds one compressed cluster; output longer than
     // this is not worth storing compressed.
     let limit = settings.cluster_size as usize - 1;

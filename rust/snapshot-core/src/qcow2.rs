@@ -119,6 +119,72 @@ pub fn refcount_sizing(cluster_bits: u32, fixed: u64) -> (u64, u64) {
     }
 }
 
+/// Host clusters of the data area that `stored` stored guest clusters can
+/// take: one each (a compressed cluster is shorter than a host cluster, a
+/// plain one exactly one), plus the padding the packer may insert (before a
+/// plain cluster once 4 MiB of them waited, and when a host cluster reached
+/// 65535 references), plus one for the last partial cluster.
+fn host_clusters_bound(stored: u64) -> u64 {
+    stored + stored / 32 + 2
+}
+
+/// Most bytes of memory an image's layout takes, computed from sizes alone
+/// (before the disk is read) by [`memory_bound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBound {
+    /// Held by the [`Layout`] from the first stored cluster to the end: one
+    /// L2 table per table the clusters to read touch (the last one trimmed
+    /// to the disk's end) and two bytes of reference count per host cluster.
+    pub layout: u64,
+    /// Allocated besides by [`Layout::emit_metadata`], at the very end: the
+    /// L1 table, the refcount table and one cluster of scratch.
+    pub emit: u64,
+}
+
+/// The [`MemoryBound`] of an image of a disk of `virtual_size` bytes whose
+/// clusters that may be stored are those of `runs` (guest cluster indices,
+/// sorted and not overlapping).
+pub fn memory_bound(
+    cluster_size: u32,
+    virtual_size: u64,
+    runs: &[std::ops::Range<u64>],
+) -> MemoryBound {
+    let cs = u64::from(cluster_size);
+    let cb = cluster_size.trailing_zeros();
+    let per_table = cs / 8;
+    let guest_clusters = virtual_size.next_multiple_of(512).div_ceil(cs);
+    let mut l2_bytes = 0u64;
+    let mut last_table = None;
+    let mut stored = 0u64;
+    for run in runs {
+        let run = run.start.min(guest_clusters)..run.end.min(guest_clusters);
+        if run.is_empty() {
+            continue;
+        }
+        stored += run.end - run.start;
+        let last = (run.end - 1) / per_table;
+        // Runs are sorted: a table shared with the previous run counts once.
+        let first = match run.start / per_table {
+            first if last_table == Some(first) => first + 1,
+            first => first,
+        };
+        for table in first..=last {
+            let entries = per_table.min(guest_clusters - table * per_table);
+            // The entries, plus the box's and the map node's share.
+            l2_bytes += entries * 8 + 64;
+        }
+        last_table = Some(last);
+    }
+    let host = host_clusters_bound(stored);
+    let tables = guest_clusters.div_ceil(per_table);
+    let l1_clusters = (tables * 8).div_ceil(cs);
+    let (_, table_clusters) = refcount_sizing(cb, 1 + host + tables + l1_clusters);
+    MemoryBound {
+        layout: l2_bytes + host * 2,
+        emit: (l1_clusters + table_clusters + 1) << cb,
+    }
+}
+
 /// Assigns host offsets to guest clusters and keeps what the metadata needs.
 /// Depends on stored sizes only, never on the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +200,30 @@ pub struct Layout {
     /// References to each host cluster of the data area (index 0 is host
     /// cluster 1, the first after the header).
     data_refs: Vec<u16>,
+    /// Guest clusters placed.
+    stored: u64,
+    /// Set while the layout is laid out a second time (see [`Layout::replay`]).
+    replay: Option<Replay>,
+}
+
+/// The state of a second placement of the same clusters over a finished
+/// layout: each placement is checked against the entry recorded the first
+/// time instead of being recorded again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Replay {
+    /// Where the first placement ended.
+    end: u64,
+    /// Clusters placed again so far.
+    placed: u64,
+    /// Clusters the first placement stored.
+    stored: u64,
+    /// Whether a placement differed from the first.
+    differs: bool,
+    /// The last host cluster referenced so far and its references: what
+    /// the first placement's counts were at this point, for the decision
+    /// of [`Layout::place_compressed`] to start a fresh host cluster.
+    last_host: u64,
+    last_refs: u16,
 }
 
 impl Layout {
@@ -151,7 +241,35 @@ impl Layout {
             cursor: u64::from(cluster_size),
             l2: BTreeMap::new(),
             data_refs: Vec::new(),
+            stored: 0,
+            replay: None,
         }
+    }
+
+    /// Starts placing the same clusters a second time over this finished
+    /// layout, checking every placement against the first instead of
+    /// recording it: a second pass over the source then needs no second
+    /// layout (the metadata is held once). Finish with
+    /// [`Layout::end_replay`].
+    pub fn replay(mut self) -> Layout {
+        self.replay = Some(Replay {
+            end: self.cursor,
+            placed: 0,
+            stored: self.stored,
+            differs: false,
+            last_host: 0,
+            last_refs: 0,
+        });
+        self.cursor = self.cluster_size();
+        self
+    }
+
+    /// Ends a replay: the layout as it was, if every cluster was placed
+    /// again exactly where it was the first time, else `None`.
+    pub fn end_replay(mut self) -> Option<Layout> {
+        let replay = self.replay.take()?;
+        (!replay.differs && replay.placed == replay.stored && replay.end == self.cursor)
+            .then_some(self)
     }
 
     /// Size of the guest disk in bytes, as the header records it.
@@ -175,15 +293,29 @@ impl Layout {
     }
 
     fn set_entry(&mut self, guest: u64, entry: u64) {
-        debug_assert!(guest < self.virtual_size.div_ceil(self.cluster_size()));
+        let guest_clusters = self.virtual_size.div_ceil(self.cluster_size());
+        debug_assert!(guest < guest_clusters);
+        if self.replay.is_some() {
+            let differs = self.entry(guest) != entry;
+            if let Some(replay) = &mut self.replay {
+                replay.placed += 1;
+                replay.differs |= differs;
+            }
+            return;
+        }
         let per_table = self.l2_entries();
+        let index = guest / per_table;
+        // The last table holds only the entries the disk has: a small disk
+        // does not pay for a whole cluster of them (emitted zero-padded).
+        let len = per_table.min(guest_clusters - index * per_table);
         let table = self
             .l2
-            .entry(guest / per_table)
-            .or_insert_with(|| vec![0u64; per_table as usize].into_boxed_slice());
+            .entry(index)
+            .or_insert_with(|| vec![0u64; len as usize].into_boxed_slice());
         let slot = &mut table[(guest % per_table) as usize];
         debug_assert_eq!(*slot, 0, "guest cluster {guest} placed twice");
         *slot = entry;
+        self.stored += 1;
     }
 
     /// The L2 entry of guest cluster `guest` (0 when unallocated).
@@ -194,9 +326,29 @@ impl Layout {
             .map_or(0, |table| table[(guest % per_table) as usize])
     }
 
+    /// Makes room for the reference counts of `stored` guest clusters at
+    /// once, so that the count vector does not grow by doubling past what
+    /// [`memory_bound`] allows for.
+    pub fn reserve(&mut self, stored: u64) {
+        let host = host_clusters_bound(stored);
+        self.data_refs
+            .reserve_exact((host as usize).saturating_sub(self.data_refs.len()));
+    }
+
     fn add_refs(&mut self, offset: u64, len: u64) {
         let first = offset >> self.cluster_bits;
         let last = (offset + len - 1) >> self.cluster_bits;
+        if let Some(replay) = &mut self.replay {
+            // The counts are final already; follow them as they grew.
+            for host in first..=last {
+                if host == replay.last_host {
+                    replay.last_refs = replay.last_refs.saturating_add(1);
+                } else {
+                    (replay.last_host, replay.last_refs) = (host, 1);
+                }
+            }
+            return;
+        }
         if self.data_refs.len() < last as usize {
             self.data_refs.resize(last as usize, 0);
         }
@@ -215,9 +367,12 @@ impl Layout {
         // refcounts): tiny frames of a constant-filled disk could exceed that
         // at large cluster sizes, so start a fresh cluster first.
         let host = offset >> self.cluster_bits;
-        if offset % self.cluster_size() != 0
-            && self.data_refs.get(host as usize - 1) == Some(&u16::MAX)
-        {
+        let refs = match &self.replay {
+            Some(replay) if replay.last_host == host => Some(replay.last_refs),
+            Some(_) => None,
+            None => self.data_refs.get(host as usize - 1).copied(),
+        };
+        if offset % self.cluster_size() != 0 && refs == Some(u16::MAX) {
             offset = offset.next_multiple_of(self.cluster_size());
         }
         let entry = compressed_descriptor(self.cluster_bits, offset, len);
@@ -287,6 +442,8 @@ impl Layout {
         // L2 tables, in table order, and the L1 entries pointing at them.
         let mut l1 = vec![0u8; (plan.l1_clusters * cs) as usize];
         for (n, (&index, table)) in self.l2.iter().enumerate() {
+            // A short last table leaves the rest of its cluster zero.
+            buf.fill(0);
             for (dst, entry) in buf.chunks_exact_mut(8).zip(table.iter()) {
                 dst.copy_from_slice(&entry.to_be_bytes());
             }
@@ -387,7 +544,7 @@ pub struct Packer {
 }
 
 /// Bytes of plain clusters that may wait for a cluster boundary.
-const PENDING_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const PENDING_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Packer {
     /// Starts packing into `layout`, which must be fresh.
@@ -684,6 +841,196 @@ mod tests {
         assert_eq!(layout.cursor(), 3 * 65536);
         assert_eq!(out.len(), 2 * cs);
         assert_eq!(layout.entry(3), OFLAG_COPIED | (2 * 65536));
+    }
+
+    #[test]
+    fn short_last_table_is_emitted_zero_padded() {
+        // 1.5 tables of 64 KiB clusters: the second table has 4096 entries.
+        let clusters = 8192 + 4096;
+        let mut layout = Layout::new(CS, clusters * u64::from(CS), Compression::None);
+        for guest in [0, 8191, 8192, clusters - 1] {
+            layout.place_plain(guest);
+        }
+        assert_eq!(layout.l2[&0].len(), 8192);
+        assert_eq!(layout.l2[&1].len(), 4096);
+        let mut meta = Vec::new();
+        let plan = layout.emit_metadata(&mut meta).unwrap();
+        assert_eq!(plan.l2_tables, 2);
+        let second = &meta[65536..2 * 65536];
+        assert_eq!(be64(second, 0), OFLAG_COPIED | (3 * 65536));
+        assert_eq!(be64(second, 4095 * 8), OFLAG_COPIED | (4 * 65536));
+        // Past the disk's end: zeros, not the first table's entry 8191.
+        assert!(second[4096 * 8..].iter().all(|&b| b == 0));
+    }
+
+    /// Takes emitted bytes and forgets them.
+    struct Discard;
+
+    impl Emit for Discard {
+        fn emit(&mut self, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+
+        fn emit_zeros(&mut self, _: u64) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Bytes a layout holds: its L2 tables and its reference counts.
+    fn held(layout: &Layout) -> u64 {
+        let l2: u64 = layout.l2.values().map(|t| t.len() as u64 * 8 + 64).sum();
+        l2 + layout.data_refs.capacity() as u64 * 2
+    }
+
+    #[test]
+    fn memory_bound_holds_whatever_the_sizes() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for cs in [CS, 1 << 20, 2 << 20] {
+            let c = u64::from(cs);
+            for round in 0..20 {
+                let guest_clusters = 1 + next() % 60_000;
+                // Sorted runs with gaps, some sharing an L2 table.
+                let mut runs = Vec::new();
+                let mut at = next() % 50;
+                while at < guest_clusters {
+                    let end = (at + 1 + next() % 3000).min(guest_clusters);
+                    runs.push(at..end);
+                    at = end + next() % 20_000;
+                }
+                let bound = memory_bound(cs, guest_clusters * c - next() % 512, &runs);
+                let mut layout = Layout::new(cs, guest_clusters * c - 511, Compression::Zstd);
+                let stored: u64 = runs.iter().map(|r| r.end - r.start).sum();
+                layout.reserve(stored);
+                let mut packer = Packer::new(layout);
+                let mut out = Discard;
+                let plain = vec![7u8; cs as usize];
+                for run in &runs {
+                    for guest in run.clone() {
+                        match next() % 4 {
+                            0 => packer.plain(guest, &plain, &mut out).unwrap(),
+                            1 => {} // a zero cluster: not stored
+                            _ => {
+                                let len = 1 + next() % (c - 1);
+                                packer
+                                    .compressed(guest, &plain[..len as usize], &mut out)
+                                    .unwrap();
+                            }
+                        }
+                    }
+                }
+                let layout = packer.finish(&mut out).unwrap();
+                assert!(
+                    held(&layout) <= bound.layout,
+                    "{cs} round {round}: holds {} > bound {}",
+                    held(&layout),
+                    bound.layout
+                );
+                let plan = layout.meta_plan();
+                let emit = (plan.l1_clusters + plan.table_clusters + 1) * c;
+                assert!(
+                    emit <= bound.emit,
+                    "{cs} round {round}: {emit} > {}",
+                    bound.emit
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn memory_bound_of_a_full_disk() {
+        // 16 TiB in 64 KiB clusters, every cluster read: 8 bytes of L2 and
+        // (at most a little over) 2 of reference count per cluster.
+        let clusters = (16u64 << 40) >> 16;
+        let bound = memory_bound(CS, 16 << 40, std::slice::from_ref(&(0..clusters)));
+        let l2 = clusters * 8 + clusters / 8192 * 64;
+        assert!(bound.layout >= l2 + clusters * 2, "{bound:?}");
+        assert!(
+            bound.layout <= l2 + clusters * 2 * 33 / 32 + 64,
+            "{bound:?}"
+        );
+        // A sparse 2 TiB disk holding 8 GiB in one stretch needs what 8 GiB need.
+        let data = (8u64 << 30) >> 16;
+        let sparse = memory_bound(CS, 2 << 40, std::slice::from_ref(&(1000..1000 + data)));
+        let dense = memory_bound(CS, 8 << 30, std::slice::from_ref(&(1000..1000 + data)));
+        assert!(
+            sparse.layout <= dense.layout + 2 * (8 * 8192 + 64),
+            "{sparse:?} {dense:?}"
+        );
+        // Nothing to read: nothing held.
+        assert!(memory_bound(CS, 2 << 40, &[]).layout <= 4);
+    }
+
+    /// Places `sizes` (0: plain) in guest order and returns the layout.
+    fn placed(layout: Layout, sizes: &[u32]) -> Layout {
+        let cs = layout.cluster_size() as usize;
+        let mut packer = Packer::new(layout);
+        let plain = vec![5u8; cs];
+        for (guest, &len) in sizes.iter().enumerate() {
+            match len {
+                0 => packer.plain(guest as u64, &plain, &mut Discard).unwrap(),
+                n => packer
+                    .compressed(guest as u64, &plain[..n as usize], &mut Discard)
+                    .unwrap(),
+            }
+        }
+        packer.finish(&mut Discard).unwrap()
+    }
+
+    #[test]
+    fn replay_checks_every_placement_against_the_first() {
+        let sizes: Vec<u32> = (0..500u32)
+            .map(|n| if n % 7 == 0 { 0 } else { 1 + n * 97 % 60_000 })
+            .collect();
+        let first = placed(
+            Layout::new(CS, 500 * u64::from(CS), Compression::Zstd),
+            &sizes,
+        );
+        let again = placed(first.clone().replay(), &sizes).end_replay();
+        assert_eq!(again.as_ref(), Some(&first));
+        // One size differs: refused.
+        let mut other = sizes.clone();
+        other[123] += 1;
+        assert!(
+            placed(first.clone().replay(), &other)
+                .end_replay()
+                .is_none()
+        );
+        // A cluster stored plain instead of compressed: refused.
+        let mut other = sizes.clone();
+        other[3] = 0;
+        assert!(
+            placed(first.clone().replay(), &other)
+                .end_replay()
+                .is_none()
+        );
+        // One cluster fewer: refused.
+        assert!(
+            placed(first.clone().replay(), &sizes[..499])
+                .end_replay()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn replay_follows_the_reference_count_limit() {
+        // As in refcount_never_overflows: the first placement moved to a
+        // fresh host cluster at 65535 references; the replay, whose counts
+        // are final from the start, must move at the same cluster.
+        let cs = 2 * 1024 * 1024u32;
+        let sizes = vec![16u32; 70_000];
+        let first = placed(
+            Layout::new(cs, 70_000 * u64::from(cs), Compression::Zstd),
+            &sizes,
+        );
+        assert_eq!(first.data_refs[0], u16::MAX);
+        let again = placed(first.clone().replay(), &sizes).end_replay();
+        assert_eq!(again.as_ref(), Some(&first));
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub fn parse_memory_limit(text: &str) -> Result<u64> {
 /// Meant for a machine that does nothing else while it is captured, such as
 /// a node in the agent ramdisk: an image that fits is spooled in memory and
 /// the disk is read once, instead of twice past a small fixed limit. The
+/// limit covers the image's metadata and the capture's buffers too, so the
 /// other half stays for the rest of the system, and for the page cache that
 /// reading the disk fills.
 pub fn auto_memory_limit() -> u64 {

@@ -427,12 +427,74 @@ fn source_changing_between_passes_is_detected() {
     };
     let sink = VecSink::default();
     let opts = CaptureOptions {
-        memory_limit: 0,
+        // Holds the metadata of 16 MiB (a few KiB), nothing to spool.
+        memory_limit: 64 * 1024,
         ..options(Format::Qcow2, Compression::Zstd, K64)
     };
     let err =
         snapshot_core::capture_into(&source, Box::new(sink.clone()), &opts, &progress).unwrap_err();
     assert!(matches!(err, Error::SourceChanged { .. }), "{err}");
+}
+
+/// The memory limit of a stream holds the image's metadata too: a limit
+/// below it is refused before the disk is read, naming the minimum; the
+/// minimum is enough (nothing left to spool: two passes), and with room for
+/// the buffers too the image is spooled.
+#[test]
+fn memory_limit_must_hold_the_metadata() {
+    let dirs = dirs();
+    let source = path_in(&dirs.source, "spread");
+    // 16 GiB with 4 KiB of data in every 512 MiB: 32 clusters of data in
+    // 32 L2 tables of 64 KiB clusters, about 2 MiB of metadata.
+    let pieces: Vec<_> = (0..32u64)
+        .map(|n| (n * (512 << 20) + 4096 * n, text(4096, n)))
+        .collect();
+    sparse_file(&source, 16 << 30, &pieces);
+    let opts = |limit: u64| CaptureOptions {
+        memory_limit: limit,
+        ..options(Format::Qcow2, Compression::Zstd, K64)
+    };
+    for limit in [0, 1 << 20, 2 << 20] {
+        let phases = std::sync::Mutex::new(Vec::new());
+        let progress = |update: &ProgressUpdate| phases.lock().unwrap().push(update.phase);
+        let err = snapshot_core::capture_into(
+            &source,
+            Box::new(VecSink::default()),
+            &opts(limit),
+            &progress,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidOption {
+                    option: "--memory-limit",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("give at least 3M"), "{message}");
+        assert!(message.contains("--cluster-size"), "{message}");
+        let phases = phases.into_inner().unwrap();
+        assert!(
+            phases.iter().all(|phase| *phase == Phase::Scanning),
+            "{limit}: read the disk before refusing: {phases:?}"
+        );
+    }
+    // A file needs no spool: the limit does not apply to it.
+    let image = path_in(&dirs.output, "spread.qcow2");
+    let file = capture_file(&source, &image, &opts(1 << 20)).unwrap();
+    check(&image);
+    compare(&source, &image, "qcow2");
+    let (two, bytes) = capture_vec(&source, &opts(3 << 20)).unwrap();
+    assert_eq!(two.passes, 2);
+    assert!(bytes == std::fs::read(&image).unwrap());
+    assert_eq!(two.sha256, file.sha256);
+    let (one, bytes) = capture_vec(&source, &opts(256 << 20)).unwrap();
+    assert_eq!(one.passes, 1);
+    assert_eq!(sha256(&bytes), file.sha256);
 }
 
 #[test]

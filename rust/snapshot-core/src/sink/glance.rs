@@ -380,6 +380,12 @@ impl Sink for GlanceSink {
     fn describe(&self) -> String {
         format!("glance:{}", self.image_id)
     }
+
+    fn buffer_bytes(&self) -> u64 {
+        // The chunk being filled, the queue, the chunk the upload thread
+        // holds and the one the HTTP client is writing.
+        ((QUEUE + 3) * CHUNK) as u64
+    }
 }
 
 /// Checks that Glance stored exactly the image that was sent: status

@@ -62,4 +62,11 @@ pub trait Sink: Send {
 
     /// A description for messages and the report, without secrets.
     fn describe(&self) -> String;
+
+    /// Most bytes of memory the sink holds in buffers of its own (an upload
+    /// queue), whatever the image size: a streaming capture counts them
+    /// within its memory limit.
+    fn buffer_bytes(&self) -> u64 {
+        0
+    }
 }
