@@ -299,7 +299,10 @@ def test_upload_through_proxy_outlasts_body_timeout(cli_binary: Path, glance: Gl
     """
     from tests.stack.nginx import start_nginx
     source = source_dir / "text.img"
-    _log_text_disk(source, 12 << 20)
+    # 40 MiB of text at zstd 19 on one thread: about 4 MB/s when the machine is
+    # idle, so over 3 * BODY_TIMEOUT seconds with room to spare (12 MiB took
+    # only 4.6 s on a quiet machine).
+    _log_text_disk(source, 40 << 20)
     image = glance.create_image("through-nginx")
     with start_nginx(tmp_path / "nginx", glance.endpoint, body_timeout=BODY_TIMEOUT) as proxy:
         proc = subprocess.run([str(cli_binary), "capture", str(source), "--glance-image", image["id"],
