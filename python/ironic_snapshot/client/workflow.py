@@ -93,6 +93,29 @@ PASSTHROUGH_STEP_ARGS = frozenset({
     "insecure",
 })
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+#: A quoted key holding ``token``, ``password`` or ``secret`` and its quoted
+#: value, as Ironic writes a step's arguments into ``last_error`` (a Python
+#: dict's repr, or JSON).
+_SECRET_ITEM = re.compile(
+    r"""(?P<key>(?P<q>['"])[^'"]*(?:token|password|secret)[^'"]*(?P=q)\s*:\s*)"""
+    r"""(?P<vq>['"])(?:(?!(?P=vq)).)*(?P=vq)""", re.IGNORECASE)
+#: Ironic's ``fault`` of a node it put in maintenance because a service failed.
+SERVICE_FAILURE_FAULT = "service failure"
+
+
+def redact(text: str | None) -> str | None:
+    """``text`` with the values of secret-looking keys replaced by ``***``.
+
+    Ironic's ``last_error`` (and ``maintenance_reason``) of a failed or timed
+    out service quote the whole step, arguments included, so the upload
+    token would reach every message built from them (the CLI's error, Nova's
+    instance fault and logs). Ironic masks such keys in ``service_step``
+    only.
+    """
+    if not text:
+        return text
+    return _SECRET_ITEM.sub(lambda m: f"{m.group('key')}{m.group('vq')}***{m.group('vq')}",
+                            text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,7 +471,7 @@ def _soft_power_off(run: _Run, node: dict[str, Any], timeout: float, poll: float
                 return
             raise ShutdownError(
                 f"Node {ident} did not power off cleanly within {int(timeout)} s "
-                f"({record.get('last_error') or 'no error recorded'}): its OS may be hung "
+                f"({redact(record.get('last_error')) or 'no error recorded'}): its OS may be hung "
                 "or ignore ACPI; retry with a longer shutdown timeout, or without a clean "
                 "shutdown to accept a crash-consistent disk", node_id=node["uuid"])
         if time.monotonic() > deadline:
@@ -515,6 +538,15 @@ def _cleanup(run: _Run, keep_image: bool, poll: float) -> list[str]:
     if run.serviced:
         try:
             record = _node(conn, run.node_id)
+            if (record.get("provision_state") == "service failed" and record.get("maintenance")
+                    and record.get("fault") == SERVICE_FAILURE_FAULT):
+                # Ironic puts a node whose service step failed or timed out in
+                # maintenance (fault "service failure") and refuses to abort
+                # it there. That maintenance is this run's doing, not an
+                # operator's (theirs has no such fault): end it, then abort.
+                _ironic(conn, "DELETE", f"/nodes/{run.node_id}/maintenance",
+                        f"end the maintenance Ironic set on node {run.node_id} when its "
+                        "service failed")
             if record.get("provision_state") in ("service failed", "service wait"):
                 _ironic(conn, "PUT", f"/nodes/{run.node_id}/states/provision",
                         f"abort the service of node {run.node_id}", json={"target": "abort"})
@@ -746,8 +778,9 @@ def _follow(run: _Run, ident: str, timeout: float, poll: float) -> None:
             seen_service = True
         if state == "service failed":
             raise StepFailedError(
-                f"Snapshot of node {ident} failed: {record.get('last_error') or 'no error given'}",
-                last_error=record.get("last_error"), image_id=run.image_id,
+                f"Snapshot of node {ident} failed: "
+                f"{redact(record.get('last_error')) or 'no error given'}",
+                last_error=redact(record.get("last_error")), image_id=run.image_id,
                 node_id=run.node_id)
         if state == "active" and not target:
             if seen_service or (image and image.get("status") == "active"):
@@ -755,13 +788,13 @@ def _follow(run: _Run, ident: str, timeout: float, poll: float) -> None:
             if time.monotonic() - accepted > 60:
                 raise StepFailedError(
                     f"Ironic accepted the service request but node {ident} did not start "
-                    f"servicing within 60 s ({record.get('last_error') or 'no error'})",
+                    f"servicing within 60 s ({redact(record.get('last_error')) or 'no error'})",
                     image_id=run.image_id, node_id=run.node_id)
         elif state not in SERVICE_STATES and state != "active":
             raise StepFailedError(
                 f"Node {ident} went to {state} while servicing: "
-                f"{record.get('last_error') or 'no error given'}",
-                last_error=record.get("last_error"), image_id=run.image_id,
+                f"{redact(record.get('last_error')) or 'no error given'}",
+                last_error=redact(record.get("last_error")), image_id=run.image_id,
                 node_id=run.node_id)
         if time.monotonic() > deadline:
             raise SnapshotTimeoutError(
@@ -816,7 +849,7 @@ def get_snapshot(conn: Any, image_id: str, *, cleanup: bool = True) -> SnapshotS
                                  f"Node {node_id} is {state}, image {image_id} is {status}",
                                  status, state)
     else:
-        last_error = record.get("last_error")
+        last_error = redact(record.get("last_error"))
         if state == "service failed":
             message = f"Snapshot failed: {last_error or 'no error given'}"
         elif not record:
