@@ -57,8 +57,10 @@ say "Nova virtualenv .venv-nova (the Nova tests' cloud; Nova's pins do not fit .
 [[ -x .venv-nova/bin/python ]] || python3 -m venv .venv-nova
 .venv-nova/bin/pip install -q -U pip
 # Keep in step with NOVA_REQUIREMENTS in tests/stack/nova.py; the tests install
-# this package's wheel into it themselves.
-.venv-nova/bin/pip install -q nova==34.0.0 openstack-placement==16.0.0 gunicorn
+# this package's wheel into it themselves. psycopg2: Nova's databases are in
+# PostgreSQL (tests/stack/postgres.py).
+.venv-nova/bin/pip install -q nova==34.0.0 openstack-placement==16.0.0 gunicorn \
+    psycopg2-binary==2.9.13
 .venv-nova/bin/pip check
 
 say "Release CLI"

@@ -2,7 +2,8 @@
 
 Started once per test session (about 1.6 GiB of memory in all):
 
-- RabbitMQ (``tests.stack.rabbitmq``), Keystone (one worker: sqlite),
+- RabbitMQ (``tests.stack.rabbitmq``) and PostgreSQL (``tests.stack.postgres``)
+  for Nova's databases, Keystone (one worker: sqlite),
   Glance and Ironic behind keystonemiddleware (``tests.stack``);
 - Placement 16 and nova-api under gunicorn, nova-conductor, nova-scheduler
   and nova-compute with ``compute_driver = ironic_snapshot.IronicDriver``,
@@ -26,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -36,6 +38,7 @@ from typing import Any
 from tests.stack.glance import GlanceServer, free_port
 from tests.stack.ironic import IronicServer
 from tests.stack.keystone import REGION, KeystoneServer, start_keystone
+from tests.stack.postgres import PostgresServer, start_postgres
 from tests.stack.protected import keystone_glance, keystone_ironic
 from tests.stack.process import read_log_tail, stop_process_group, wait_until_ready, write_conf
 from tests.stack.rabbitmq import RabbitServer, start_rabbitmq
@@ -44,8 +47,10 @@ __all__ = ["NovaCloud", "nova_venv", "start_nova_cloud"]
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Pinned packages of the Nova virtualenv (``pip check`` is clean with them).
-NOVA_REQUIREMENTS = ("nova==34.0.0", "openstack-placement==16.0.0", "gunicorn")
+#: Pinned packages of the Nova virtualenv (``pip check`` is clean with them);
+#: psycopg2 for Nova's databases in PostgreSQL (``tests.stack.postgres``).
+NOVA_REQUIREMENTS = ("nova==34.0.0", "openstack-placement==16.0.0", "gunicorn",
+                     "psycopg2-binary==2.9.13")
 
 #: Seconds to wait for an API to answer, and for nova-compute to report its node.
 START_TIMEOUT = 120.0
@@ -57,7 +62,7 @@ def nova_venv() -> Path:
     Created here when missing (tests/setup.sh creates it on CI).
     """
     venv = Path(os.environ.get("IRONIC_SNAPSHOT_NOVA_VENV", REPO / ".venv-nova"))
-    if not (venv / "bin" / "nova-compute").exists():
+    if not list((venv / "lib").glob("python3*/site-packages/psycopg2")):
         if not (venv / "bin" / "python").exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *NOVA_REQUIREMENTS],
@@ -135,10 +140,13 @@ class NovaCloud:
     glance: GlanceServer
     ironic: IronicServer
     rabbit: RabbitServer
+    postgres: PostgresServer
     compute_endpoint: str
     workdir: Path
     venv: Path
     processes: dict[str, subprocess.Popen]
+    #: SQLAlchemy URL of the cell database (instances, faults, services).
+    cell_database: str
 
     def nova_log(self, service: str, lines: int = 60) -> str:
         """The tail of ``nova-<service>.log`` (api, conductor, scheduler, compute)."""
@@ -158,6 +166,21 @@ class NovaCloud:
     def discover_hosts(self) -> None:
         """Maps nova-compute's host to cell1 (once it reported a node)."""
         self.manage("cell_v2", "discover_hosts")
+
+    def cell_query(self, sql: str, **params: str) -> list[list[Any]]:
+        """Rows of ``sql`` (``:name`` parameters) in the cell database.
+
+        Run by the Nova venv's Python, which has the database driver.
+        """
+        script = ("import json, sys, sqlalchemy\n"
+                  "engine = sqlalchemy.create_engine(sys.argv[1])\n"
+                  "with engine.connect() as db:\n"
+                  "    rows = db.execute(sqlalchemy.text(sys.argv[2]), json.loads(sys.argv[3]))\n"
+                  "    print(json.dumps([list(row) for row in rows], default=str))\n")
+        out = _run([str(self.venv / "bin" / "python"), "-c", script, self.cell_database, sql,
+                    json.dumps(params)], self.workdir)
+        rows: list[list[Any]] = json.loads(out)
+        return rows
 
     def alive(self) -> dict[str, bool]:
         """Which Nova and Placement processes still run."""
@@ -246,6 +269,10 @@ def start_nova_cloud(workdir: Path, *,
 
     with contextlib.ExitStack() as stack:
         rabbit = stack.enter_context(start_rabbitmq(workdir / "rabbitmq"))
+        # In a folder of the scratch space's own (pytest's are closed to the
+        # postgres user).
+        postgres = stack.enter_context(start_postgres(
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nova-pg-")))))
         # One worker: two on sqlite gave "database is locked" under Nova's load.
         keystone = stack.enter_context(start_keystone(
             workdir / "keystone", workers=1,
@@ -262,8 +289,13 @@ def start_nova_cloud(workdir: Path, *,
         _system_roles(keystone, "nova", "service", "reader", "admin")
 
         glance = stack.enter_context(keystone_glance(keystone, workdir / "glance", glance_port))
+        # Ironic keeps validated tokens (keystonemiddleware's default 300 s):
+        # only service and admin tokens reach it here, and without the
+        # cache nova-compute's and the driver's polls of the node made every
+        # request wait for the one Keystone worker on a loaded machine.
         ironic = stack.enter_context(keystone_ironic(keystone, workdir / "ironic", ironic_port,
-                                                     extra_conf=ironic_conf))
+                                                     extra_conf=ironic_conf,
+                                                     token_cache_time=300))
 
         # -- Placement ------------------------------------------------------------------
         placedir = workdir / "placement"
@@ -272,7 +304,7 @@ def start_nova_cloud(workdir: Path, *,
             "DEFAULT": {"log_file": str(placedir / "placement.log"), "debug": "false"},
             "api": {"auth_strategy": "keystone"},
             "keystone_authtoken": keystone.authtoken_conf("placement", service_type="placement"),
-            "placement_database": {"connection": f"sqlite:///{placedir / 'placement.sqlite'}"},
+            "placement_database": {"connection": postgres.create_database("placement")},
         })
         _run([str(venv / "bin" / "placement-manage"), "--config-file",
               str(placedir / "placement.conf"), "db", "sync"], placedir)
@@ -311,25 +343,23 @@ def start_nova_cloud(workdir: Path, *,
             "oslo_concurrency": {"lock_path": str(novadir / "locks")},
             "oslo_messaging_notifications": {"driver": "noop"},
             "scheduler": {"discover_hosts_in_cells_interval": "-1", "workers": "1"},
-            # One process per service: sqlite allows one writer at a time.
+            # One process per service: memory on a 2-core test machine.
             "conductor": {"workers": "1"},
         }
         # Nova talks to Placement as its own service user.
         common["placement"].update(username="nova",
                                    password=keystone.service_passwords["nova"])
+        # PostgreSQL, not sqlite: see tests.stack.postgres for why.
+        cell1_url = postgres.create_database("nova_cell1")
         controller = {**common,
-                      # sqlite allows one writer: wait for the lock up to 60 s
-                      # (the default 5 s gave "database is locked" under load).
-                      "api_database": {"connection":
-                                       f"sqlite:///{novadir / 'api.sqlite'}?timeout=60"},
-                      "database": {"connection":
-                                   f"sqlite:///{novadir / 'cell1.sqlite'}?timeout=60"}}
+                      "api_database": {"connection": postgres.create_database("nova_api")},
+                      "database": {"connection": cell1_url}}
         write_conf(novadir / "nova.conf", controller)
         shutil.copy(venv / "etc" / "nova" / "api-paste.ini", novadir / "api-paste.ini")
         manage = [str(venv / "bin" / "nova-manage"), "--config-file", str(novadir / "nova.conf")]
         _run(manage + ["api_db", "sync"], novadir)
         _run(manage + ["cell_v2", "map_cell0", "--database_connection",
-                       f"sqlite:///{novadir / 'cell0.sqlite'}?timeout=60"], novadir)
+                       postgres.create_database("nova_cell0")], novadir)
         _run(manage + ["cell_v2", "create_cell", "--name", "cell1"], novadir)
         _run(manage + ["db", "sync"], novadir)
 
@@ -352,7 +382,7 @@ def start_nova_cloud(workdir: Path, *,
         # -- nova-compute: its own config, no database ------------------------------------
         compute: dict[str, dict[str, str]] = {
             **{k: dict(v) for k, v in common.items()},
-            "ironic_snapshot": {"auth_url": keystone.endpoint, "poll_interval": "1",
+            "ironic_snapshot": {"auth_url": keystone.endpoint, "poll_interval": "2",
                                 "shutdown_timeout": "60"},
         }
         compute["DEFAULT"].update(compute_driver="ironic_snapshot.IronicDriver",
@@ -363,8 +393,9 @@ def start_nova_cloud(workdir: Path, *,
                           str(novadir / "nova-compute.conf"), "--log-file",
                           str(novadir / "nova-compute.log")])
 
-        cloud = NovaCloud(keystone, glance, ironic, rabbit, f"http://127.0.0.1:{api_port}/v2.1",
-                          workdir, venv, processes)
+        cloud = NovaCloud(keystone, glance, ironic, rabbit, postgres,
+                          f"http://127.0.0.1:{api_port}/v2.1", workdir, venv, processes,
+                          cell1_url)
         try:
             for name, port, url in (
                     ("Placement", placement_port, f"http://127.0.0.1:{placement_port}/"),
@@ -389,8 +420,6 @@ def _wait_for_compute_service(cloud: NovaCloud) -> None:
     Its host is mapped to the cell (``discover_hosts``) only once it reports
     a node: see :meth:`NovaCloud.discover_hosts`.
     """
-    import sqlite3
-
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         for name, alive in cloud.alive().items():
@@ -399,10 +428,8 @@ def _wait_for_compute_service(cloud: NovaCloud) -> None:
                                    + cloud.nova_log(name, 40)
                                    + (cloud.workdir / "nova" / f"{name}.stdout").read_text(
                                        errors="replace")[-2000:])
-        with contextlib.closing(sqlite3.connect(cloud.workdir / "nova" / "cell1.sqlite",
-                                                timeout=30)) as db:
-            rows = db.execute("SELECT host FROM services WHERE topic = 'compute' "
-                              "AND deleted = 0").fetchall()
+        rows = cloud.cell_query("SELECT host FROM services WHERE topic = 'compute' "
+                                "AND deleted = 0")
         if rows:
             return
         if time.monotonic() > deadline:

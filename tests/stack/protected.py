@@ -32,16 +32,18 @@ def keystone_glance(keystone: KeystoneServer, workdir: Path, port: int
 
 
 def keystone_ironic(keystone: KeystoneServer, workdir: Path, port: int,
-                    extra_conf: Mapping[str, Mapping[str, str]] | None = None
-                    ) -> AbstractContextManager[IronicServer]:
+                    extra_conf: Mapping[str, Mapping[str, str]] | None = None,
+                    token_cache_time: int = -1) -> AbstractContextManager[IronicServer]:
     """Starts (as a context manager) an Ironic that checks tokens with ``keystone``.
 
     :param extra_conf: more sections merged over Ironic's config.
+    :param token_cache_time: seconds keystonemiddleware keeps a validated
+        token; -1 (no cache) refuses a deleted credential's token at once.
     """
     conf: dict[str, dict[str, str]] = {
         "DEFAULT": {"auth_strategy": "keystone"},
         "keystone_authtoken": keystone.authtoken_conf(
-            "ironic", service_type="baremetal", token_cache_time="-1")}
+            "ironic", service_type="baremetal", token_cache_time=str(token_cache_time))}
     for section, values in (extra_conf or {}).items():
         conf.setdefault(section, {}).update(values)
     return start_ironic(workdir, port=port, extra_conf=conf,
