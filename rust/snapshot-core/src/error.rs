@@ -171,6 +171,24 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The connection broke during an upload and no answer could be read: the
+    /// service may have answered and closed while the body was still being
+    /// sent (the HTTP client then reports only the broken write), or it died.
+    /// `detail` says what a lookup of the image showed afterwards.
+    #[error(
+        "{service} broke off the upload of image {image_id} without an answer that could be read: {detail}"
+    )]
+    UploadBrokenOff {
+        /// Which service (`Glance`).
+        service: &'static str,
+        /// The remote image id.
+        image_id: String,
+        /// What the image's state says happened, and what to do.
+        detail: String,
+        /// The transport error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The image stored remotely does not match the bytes that were sent.
     #[error("Image {image_id} stored by {service} does not match what was sent: {detail}")]
     VerificationFailed {
@@ -269,9 +287,10 @@ impl Error {
             | Error::ImageRead { .. }
             | Error::ReportInvalid { .. } => ErrorKind::Source,
             Error::OutputWrite { .. } => ErrorKind::Output,
-            Error::Http { .. } | Error::Connection { .. } | Error::ImageNotQueued { .. } => {
-                ErrorKind::Upload
-            }
+            Error::Http { .. }
+            | Error::Connection { .. }
+            | Error::UploadBrokenOff { .. }
+            | Error::ImageNotQueued { .. } => ErrorKind::Upload,
             Error::EndpointNotFound { .. } => ErrorKind::InvalidInput,
             Error::VerificationFailed { .. } => ErrorKind::Verification,
             Error::Cancelled => ErrorKind::Cancelled,

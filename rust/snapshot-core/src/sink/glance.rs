@@ -25,9 +25,24 @@
 //! - after Glance itself died mid-upload: whatever its restart makes of an
 //!   image stuck in `saving` (never `active`); the capture fails with
 //!   [`Error::Connection`].
+//!
+//! When Glance answers before it has read the body (a 409 because someone
+//! else filled the image after the check, a 500 from its store) it closes the
+//! connection with the body unread, and the kernel resets it. Whether the
+//! client then hands back Glance's answer depends on which it notices first:
+//! hyper's HTTP/1 client fails the whole request on a body write error, even
+//! when the answer already sits in the socket, and reqwest gives no hold on
+//! the connection to read it anyway. `Expect: 100-continue` would not help:
+//! gunicorn, Glance's WSGI server, sends `100 Continue` before Glance even
+//! sees the request. So when the upload breaks without an answer, the image
+//! is looked up once more and [`Error::UploadBrokenOff`] says what its state
+//! shows (filled by someone else, still queued, ...); only when that lookup
+//! fails too is the error [`Error::Connection`].
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -69,6 +84,8 @@ enum Chunk {
 struct ChannelBody {
     rx: mpsc::Receiver<Chunk>,
     ended: bool,
+    /// Set once [`Chunk::End`] was taken: every byte went to the client.
+    sent_all: Arc<AtomicBool>,
 }
 
 impl http_body::Body for ChannelBody {
@@ -86,6 +103,7 @@ impl http_body::Body for ChannelBody {
             Some(Chunk::Data(data)) => Some(Ok(http_body::Frame::data(data.into()))),
             Some(Chunk::End) => {
                 self.ended = true;
+                self.sent_all.store(true, Ordering::Release);
                 None
             }
             None => Some(Err(io::Error::other("The capture broke off the upload"))),
@@ -118,6 +136,8 @@ pub struct GlanceSink {
     tx: Option<mpsc::Sender<Chunk>>,
     worker: Option<JoinHandle<Result<()>>>,
     pending: Vec<u8>,
+    /// Whether the whole body was handed to the HTTP client.
+    sent_all: Arc<AtomicBool>,
 }
 
 /// Checks that the image exists and is `queued` and prepares the upload,
@@ -163,6 +183,7 @@ pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
         tx: None,
         worker: None,
         pending: Vec::with_capacity(CHUNK),
+        sent_all: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -201,14 +222,23 @@ fn look_up(target: &GlanceTarget) -> Result<Lookup<'_>> {
 
 /// The upload thread: one PUT whose body comes from `rx`, on a one-thread
 /// runtime.
-fn upload(request: Request, image_id: String, rx: mpsc::Receiver<Chunk>) -> Result<()> {
+fn upload(
+    request: Request,
+    image_id: String,
+    rx: mpsc::Receiver<Chunk>,
+    sent_all: Arc<AtomicBool>,
+) -> Result<()> {
     let action = format!("upload of image {image_id}");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| Error::Internal(format!("Cannot start the upload runtime: {err}")))?;
     runtime.block_on(async move {
-        let body = reqwest::Body::wrap(ChannelBody { rx, ended: false });
+        let body = reqwest::Body::wrap(ChannelBody {
+            rx,
+            ended: false,
+            sent_all,
+        });
         let mut put = request
             .client
             .put(&request.url)
@@ -254,9 +284,10 @@ impl GlanceSink {
     fn start(&mut self, request: Request) -> Result<()> {
         let (tx, rx) = mpsc::channel::<Chunk>(QUEUE);
         let image_id = self.image_id.clone();
+        let sent_all = Arc::clone(&self.sent_all);
         let worker = thread::Builder::new()
             .name("glance-upload".into())
-            .spawn(move || upload(request, image_id, rx))
+            .spawn(move || upload(request, image_id, rx, sent_all))
             .map_err(|err| Error::Internal(format!("Cannot start the upload thread: {err}")))?;
         tracing::info!(image_id = %self.image_id, "Uploading into Glance image");
         self.tx = Some(tx);
@@ -280,10 +311,59 @@ impl GlanceSink {
         // The upload thread stopped reading: the request ended early, so its
         // result says why (Glance refused the data or the connection broke).
         self.tx = None;
-        Err(match self.join() {
+        Err(match self.upload_result() {
             Err(err) => err,
             Ok(()) => Error::Internal("Glance accepted the upload before all data was sent".into()),
         })
+    }
+
+    /// Waits for the upload thread; a broken connection is explained by the
+    /// image's state (see [`GlanceSink::broken_off`]).
+    fn upload_result(&mut self) -> Result<()> {
+        match self.join() {
+            Err(err @ Error::Connection { .. }) => Err(self.broken_off(err)),
+            other => other,
+        }
+    }
+
+    /// Turns the transport error of a broken upload into what the image's
+    /// state shows: Glance may well have answered (and closed) while the body
+    /// was still being written, and the client then reports only the broken
+    /// write. One lookup, on this error path only; when it fails too, Glance
+    /// is really unreachable and `err` stands.
+    fn broken_off(&self, err: Error) -> Error {
+        let Error::Connection { source, .. } = err else {
+            return err;
+        };
+        let id = &self.image_id;
+        let sent_all = self.sent_all.load(Ordering::Acquire);
+        let detail = match get_image(&self.meta_client, &self.api, id, self.token.as_ref()) {
+            Ok(image) => {
+                let status = image
+                    .get("status")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown");
+                tracing::warn!(image_id = %id, status, sent_all, "Glance upload broken off without an answer");
+                broken_off_detail(id, status, sent_all)
+            }
+            Err(Error::Http { status: 404, .. }) => {
+                format!("image {id} no longer exists: it was deleted during the upload")
+            }
+            Err(lookup) => {
+                tracing::warn!(image_id = %id, error = %lookup, "Glance upload broken off; image status unknown");
+                return Error::Connection {
+                    service: SERVICE,
+                    action: format!("upload of image {id}"),
+                    source,
+                };
+            }
+        };
+        Error::UploadBrokenOff {
+            service: SERVICE,
+            image_id: id.clone(),
+            detail,
+            source,
+        }
     }
 
     /// Waits for the upload thread and returns its result.
@@ -325,7 +405,7 @@ impl Sink for GlanceSink {
         self.flush_pending()?;
         self.send(Chunk::End)?;
         self.tx = None;
-        self.join()?;
+        self.upload_result()?;
         tracing::info!(image_id = %self.image_id, "Glance accepted the upload");
         Ok(())
     }
@@ -385,6 +465,35 @@ impl Sink for GlanceSink {
         // The chunk being filled, the queue, the chunk the upload thread
         // holds and the one the HTTP client is writing.
         ((QUEUE + 3) * CHUNK) as u64
+    }
+}
+
+/// What the status of an image whose upload broke off without an answer
+/// says happened. Until the body's last chunk was sent, Glance cannot have
+/// made the image active with this upload's data.
+fn broken_off_detail(id: &str, status: &str, sent_all: bool) -> String {
+    match (status, sent_all) {
+        ("active", false) => format!(
+            "image {id} is now active, so someone else filled it after the check (its data is kept): create a new image and capture into it"
+        ),
+        ("queued", false) => format!(
+            "image {id} is still queued and holds no data: Glance refused the upload before storing it (Glance's log says why: a size cap, a quota, a policy, its store), then capture again"
+        ),
+        ("saving", false) => format!(
+            "image {id} is saving: Glance stopped storing this upload part way (a size cap or a quota) or someone else is uploading into it; this capture's partial data never becomes active: create a new image and capture into it"
+        ),
+        ("active", true) => format!(
+            "every byte was sent and image {id} is active, but without Glance's answer the upload is not verified: compare its size and checksum with the capture, or capture again into a new image"
+        ),
+        ("queued", true) => format!(
+            "every byte was sent, but image {id} is still queued: Glance did not store the upload: capture again"
+        ),
+        (status, true) => format!(
+            "every byte was sent, and image {id} is {status}: capture again into a new image"
+        ),
+        (status, false) => {
+            format!("image {id} is {status}: create a new image and capture into it")
+        }
     }
 }
 
@@ -639,6 +748,21 @@ mod tests {
             json!({"status": "active", "size": 10, "checksum": null, "os_hash_value": null});
         let err = check_image("i", &record, &digests(), 10).unwrap_err();
         assert!(err.to_string().contains("neither"), "{err}");
+    }
+
+    #[test]
+    fn broken_off_states() {
+        // Before the last chunk went out, an active image is someone else's.
+        assert!(broken_off_detail("i", "active", false).contains("someone else filled it"));
+        // After it, it may be this capture's: never said to be someone else's.
+        let sent = broken_off_detail("i", "active", true);
+        assert!(
+            sent.contains("not verified") && !sent.contains("someone else"),
+            "{sent}"
+        );
+        assert!(broken_off_detail("i", "queued", false).contains("still queued"));
+        assert!(broken_off_detail("i", "queued", true).contains("did not store"));
+        assert!(broken_off_detail("i", "killed", false).contains("image i is killed"));
     }
 
     #[test]
