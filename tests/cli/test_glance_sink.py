@@ -39,6 +39,22 @@ def put(tool: Path, endpoint: str, image_id: str, data: bytes, *extra: str,
                           capture_output=True, timeout=300, env=env)
 
 
+def finish(proc: subprocess.Popen, timeout: float = 120) -> bytes:
+    """Closes the tool's standard input, waits for its end, returns its stderr.
+
+    The tool may stop reading early (it failed): a broken pipe is expected.
+    Not ``communicate()``, which flushes standard input again and raises
+    ValueError once it is closed, whenever the tool took all the data.
+    """
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    proc.wait(timeout=timeout)
+    return proc.stderr.read()
+
+
 @pytest.mark.parametrize("endpoint_form", ["{}", "{}/", "{}/v2", "{}/v2/"])
 def test_upload_becomes_active_with_matching_digests(glance: GlanceServer, glance_put: Path,
                                                      endpoint_form: str) -> None:
@@ -129,10 +145,9 @@ def test_glance_killed_mid_upload(tmp_path: Path, glance_put: Path) -> None:
         try:
             for _ in range(64):
                 proc.stdin.write(chunk)
-            proc.stdin.close()
         except BrokenPipeError:
             pass
-        _, err = proc.communicate(timeout=120)
+        err = finish(proc)
         assert proc.returncode == 1, err.decode()
         text = err.decode()
         assert "Glance could not be reached during upload of image" in text, text
@@ -254,10 +269,9 @@ def test_image_filled_after_the_check_is_a_conflict(glance: GlanceServer, glance
         assert glance.upload(image["id"], b"someone else") == 204
         try:
             proc.stdin.write(os.urandom(8 << 20))
-            proc.stdin.close()
         except BrokenPipeError:
             pass
-        _, err = proc.communicate(timeout=120)
+        err = finish(proc)
     finally:
         proc.kill()
         proc.wait()
