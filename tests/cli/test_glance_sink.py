@@ -367,7 +367,8 @@ def test_upload_reset_without_an_answer_says_what_the_image_shows(glance_put: Pa
         server.close()
     text = proc.stderr.decode()
     assert proc.returncode == 1, text
-    assert f"Glance broke off the upload of image {image_id} without an answer that could be read: image {image_id} {expect}" in text, text
+    assert (f"Glance broke off the upload of image {image_id} without an answer that could be "
+            f"read: image {image_id} {expect}") in text, text
     # The transport error stays in the chain, for whoever digs deeper.
     assert "caused by:" in text and ("reset" in text.lower() or "broken pipe" in text.lower()), text
 
