@@ -5,6 +5,7 @@
 //! token, `progress` draws the progress line.
 
 mod auth;
+mod kexec;
 mod progress;
 mod signals;
 
@@ -80,6 +81,79 @@ enum Command {
     Capture(Box<CaptureArgs>),
     #[command(about = VERIFY_ABOUT, after_long_help = VERIFY_LONG)]
     Verify(VerifyArgs),
+    #[command(about = KEXEC_ABOUT, after_long_help = KEXEC_LONG)]
+    KexecCapture(KexecArgs),
+}
+
+const KEXEC_ABOUT: &str = "\
+Preview: jump (kexec, no firmware reboot) from the running system into a ramdisk built in memory \
+and back into the same kernel, its initrd and command line. Capturing from the ramdisk is not \
+implemented yet: --round-trip-only is required.";
+
+const KEXEC_LONG: &str = "\
+Examples:
+  ironic-snapshot kexec-capture --round-trip-only --dry-run /dev/vda
+  ironic-snapshot kexec-capture --round-trip-only /dev/vda
+
+Run as root on the system whose disk is to be captured. Before anything is stopped it checks that \
+kexec can work here (root, kexec in the kernel, sysctl kernel.kexec_load_disabled, kernel lockdown \
+and Secure Boot against the kernel image's signature, systemd as init), that SOURCE is a block \
+device and OUT is not on it, builds the ramdisk in memory (this binary as /init, the modules of \
+SOURCE's and the default route's drivers, the settings, the running kernel and initrd for the way \
+back) and loads it with kexec_file_load. Only then `systemctl kexec` stops the system cleanly and \
+jumps. With --dry-run it unloads again and prints what it would load as JSON.
+
+Exit codes:
+  0    the system is stopping to jump (or, with --dry-run, everything checked out)
+  1    other error (a bug: please report it)
+  2    usage error: bad option, SOURCE not a block device, kernel or initrd not found
+  3    source problem: SOURCE missing or unreadable
+  4    output problem: OUT on SOURCE
+  7    refused, nothing stopped: kexec cannot work here (not root, no kexec in the kernel,
+       kernel.kexec_load_disabled=1, lockdown or Secure Boot with an unsigned kernel, no
+       systemd, a module missing, or the kernel refused the load); the message says which";
+
+#[derive(clap::Args)]
+struct KexecArgs {
+    /// Disk to capture: a block device of this machine (opened read-only)
+    #[arg(value_name = "SOURCE")]
+    source: Option<PathBuf>,
+
+    /// Image file to write, on another disk than SOURCE
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+
+    /// How the ramdisk ends: kexec back into the original kernel, reboot
+    /// through the firmware, or power off
+    #[arg(long = "return", value_enum, default_value_t = ReturnArg::Kexec)]
+    return_to: ReturnArg,
+
+    /// Kernel image to load (default: /boot/vmlinuz-RELEASE of the running kernel)
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+
+    /// Initrd of the way back (default: /boot/initrd.img-RELEASE)
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+
+    /// Seconds the ramdisk may take before it returns regardless
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    timeout: u64,
+
+    /// Only jump into the ramdisk and back (preview: required until the capture lands)
+    #[arg(long)]
+    round_trip_only: bool,
+
+    /// Check, build and load the ramdisk, then unload it and print a JSON summary instead of jumping
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReturnArg {
+    Kexec,
+    Reboot,
+    Poweroff,
 }
 
 const VERIFY_ABOUT: &str = "\
@@ -240,9 +314,14 @@ fn parse_memory_limit(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    // In the kexec ramdisk this binary is the kernel's /init.
+    if snapshot_kexec::ramdisk::is_ramdisk_init() {
+        kexec::ramdisk_main();
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::KexecCapture(args) => return kexec_capture(&args),
         Command::Capture(args) => capture(*args, cli.quiet),
         Command::Verify(args) => match verify(&args) {
             Ok(true) => Ok(()),
@@ -409,6 +488,31 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// `ironic-snapshot kexec-capture`: its own errors and exit codes (see `KEXEC_LONG`).
+fn kexec_capture(args: &KexecArgs) -> ExitCode {
+    let request = kexec::Request {
+        source: args.source.clone(),
+        output: args.output.clone(),
+        return_to: match args.return_to {
+            ReturnArg::Kexec => snapshot_kexec::settings::Return::Kexec,
+            ReturnArg::Reboot => snapshot_kexec::settings::Return::Reboot,
+            ReturnArg::Poweroff => snapshot_kexec::settings::Return::Poweroff,
+        },
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        timeout: args.timeout,
+        round_trip_only: args.round_trip_only,
+        dry_run: args.dry_run,
+    };
+    match kexec::run(&request) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            print_error(&err);
+            ExitCode::from(kexec::exit_code(&err, exit_code))
+        }
+    }
+}
+
 /// Exit code of `verify` when the image failed (as capture's failed
 /// verification of an upload).
 const VERIFY_FAILED: u8 = 6;
@@ -538,7 +642,7 @@ fn print_summary(report: &Report) {
 }
 
 /// `ironic-snapshot: error: ...` and one `caused by:` line per source.
-fn print_error(err: &Error) {
+fn print_error(err: &dyn std::error::Error) {
     let mut text = format!("ironic-snapshot: error: {err}");
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {

@@ -171,8 +171,12 @@ mod tests {
         w.file("/init", 0o755, b"#!/bin/true\n").unwrap();
         w.dir("/dev", 0o755).unwrap();
         w.char_device("/dev/console", 0o600, 5, 1).unwrap();
-        w.file("lib/modules/6.1/kernel/drivers/virtio_blk.ko", 0o644, &[7u8; 1001])
-            .unwrap();
+        w.file(
+            "lib/modules/6.1/kernel/drivers/virtio_blk.ko",
+            0o644,
+            &[7u8; 1001],
+        )
+        .unwrap();
         w.symlink("/sbin", "bin").unwrap();
         w.file("/empty", 0o600, b"").unwrap();
         w.finish().unwrap()
@@ -221,7 +225,10 @@ mod tests {
             ]
         );
         let verbose = cpio(&archive, &["-tv", "--quiet", "-H", "newc"], dir.path());
-        let console = verbose.lines().find(|l| l.ends_with("dev/console")).unwrap();
+        let console = verbose
+            .lines()
+            .find(|l| l.ends_with("dev/console"))
+            .unwrap();
         assert!(console.starts_with("crw-------"), "{console}");
         assert!(console.contains("5,"), "{console}");
     }
@@ -233,17 +240,32 @@ mod tests {
         // No device nodes outside a real root: extract everything else.
         cpio(
             &archive,
-            &["-i", "--quiet", "-d", "--no-absolute-filenames", "-H", "newc", "-f", "dev/console"],
+            &[
+                "-i",
+                "--quiet",
+                "-d",
+                "--no-absolute-filenames",
+                "-H",
+                "newc",
+                "-f",
+                "dev/console",
+            ],
             dir.path(),
         );
         let root = dir.path();
         assert_eq!(std::fs::read(root.join("init")).unwrap(), b"#!/bin/true\n");
         let module = root.join("lib/modules/6.1/kernel/drivers/virtio_blk.ko");
         assert_eq!(std::fs::read(module).unwrap(), vec![7u8; 1001]);
-        assert_eq!(std::fs::read_link(root.join("sbin")).unwrap().to_str(), Some("bin"));
+        assert_eq!(
+            std::fs::read_link(root.join("sbin")).unwrap().to_str(),
+            Some("bin")
+        );
         assert_eq!(std::fs::read(root.join("empty")).unwrap(), b"");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(root.join("init")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(root.join("init"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
     }
 

@@ -56,7 +56,7 @@ pub enum KexecError {
     /// The running kernel's image or initrd was not found.
     #[error("Cannot find the running kernel's {what} (tried {}): give it with {option}", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     BootFileNotFound {
-        /// "kernel image" or "initrd".
+        /// "image" or "initrd".
         what: &'static str,
         /// The paths looked at.
         tried: Vec<PathBuf>,
@@ -87,7 +87,9 @@ pub enum KexecError {
         index: PathBuf,
     },
     /// A device to find modules for does not exist in sysfs.
-    #[error("Device {device} is not in sysfs ({path} is missing): give a disk or interface of this system")]
+    #[error(
+        "Device {device} is not in sysfs ({path} is missing): give a disk or interface of this system"
+    )]
     DeviceNotFound {
         /// The device name given.
         device: String,

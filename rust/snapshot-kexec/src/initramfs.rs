@@ -49,7 +49,11 @@ pub fn build<W: Write>(out: W, contents: &Contents, settings: &Settings) -> Resu
     settings.modules = contents
         .modules
         .iter()
-        .map(|m| m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|m| {
+            m.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     let mut w = Writer::new(out);
     for dir in ["/dev", "/proc", "/sys", "/run", "/mnt", "/tmp"] {
@@ -57,19 +61,32 @@ pub fn build<W: Write>(out: W, contents: &Contents, settings: &Settings) -> Resu
     }
     w.char_device("/dev/console", 0o600, 5, 1)
         .map_err(fail("adding /dev/console".into()))?;
-    w.file("/init", 0o755, &read(&contents.init, "this binary, to run as the ramdisk's /init")?)
-        .map_err(fail("adding /init".into()))?;
-    w.dir(MODULES_DIR, 0o755).map_err(fail("adding the modules folder".into()))?;
+    w.file(
+        "/init",
+        0o755,
+        &read(&contents.init, "this binary, to run as the ramdisk's /init")?,
+    )
+    .map_err(fail("adding /init".into()))?;
+    w.dir(MODULES_DIR, 0o755)
+        .map_err(fail("adding the modules folder".into()))?;
     for (path, name) in contents.modules.iter().zip(&settings.modules) {
         let data = read(path, "a kernel module the ramdisk needs")?;
         w.file(&format!("{MODULES_DIR}/{name}"), 0o644, &data)
             .map_err(fail(format!("adding module {name}")))?;
     }
-    w.file(RETURN_KERNEL, 0o600, &read(&contents.kernel, "the running kernel, for the way back")?)
-        .map_err(fail("adding the return kernel".into()))?;
+    w.file(
+        RETURN_KERNEL,
+        0o600,
+        &read(&contents.kernel, "the running kernel, for the way back")?,
+    )
+    .map_err(fail("adding the return kernel".into()))?;
     if let Some(initrd) = &contents.initrd {
-        w.file(RETURN_INITRD, 0o600, &read(initrd, "the running kernel's initrd, for the way back")?)
-            .map_err(fail("adding the return initrd".into()))?;
+        w.file(
+            RETURN_INITRD,
+            0o600,
+            &read(initrd, "the running kernel's initrd, for the way back")?,
+        )
+        .map_err(fail("adding the return initrd".into()))?;
     }
     let json = serde_json::to_vec_pretty(&settings).map_err(|err| KexecError::Initramfs {
         what: "serialising the settings".into(),
@@ -80,7 +97,11 @@ pub fn build<W: Write>(out: W, contents: &Contents, settings: &Settings) -> Resu
         .map_err(fail("adding the settings".into()))?;
     let size = w.written();
     let out = w.finish().map_err(fail("finishing the archive".into()))?;
-    tracing::info!(bytes = size, modules = settings.modules.len(), "ramdisk built in memory");
+    tracing::info!(
+        bytes = size,
+        modules = settings.modules.len(),
+        "ramdisk built in memory"
+    );
     Ok((out, size))
 }
 
@@ -127,14 +148,23 @@ mod tests {
         child.stdin.take().unwrap().write_all(&archive).unwrap();
         assert!(child.wait().unwrap().success());
         assert_eq!(fs::read(out.join("init")).unwrap(), b"\x7fELF static");
-        assert_eq!(fs::read(out.join("modules/virtio_blk.ko.xz")).unwrap(), b"blk");
+        assert_eq!(
+            fs::read(out.join("modules/virtio_blk.ko.xz")).unwrap(),
+            b"blk"
+        );
         assert_eq!(fs::read(out.join("return/vmlinuz")).unwrap(), b"MZ kernel");
-        assert_eq!(fs::read(out.join("return/initrd.img")).unwrap(), b"initrd data");
+        assert_eq!(
+            fs::read(out.join("return/initrd.img")).unwrap(),
+            b"initrd data"
+        );
         let back = Settings::read(&out.join("settings.json")).unwrap();
         assert_eq!(back.modules, ["virtio_ring.ko", "virtio_blk.ko.xz"]);
         assert!(back.has_initrd);
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(out.join("settings.json")).unwrap().permissions().mode();
+        let mode = fs::metadata(out.join("settings.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -144,7 +144,11 @@ mod tests {
         file.read_to_string(&mut back).unwrap();
         assert_eq!(back, "initramfs");
         let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
-        assert!(link.to_string_lossy().starts_with("/memfd:ironic-snapshot-test"), "{link:?}");
+        assert!(
+            link.to_string_lossy()
+                .starts_with("/memfd:ironic-snapshot-test"),
+            "{link:?}"
+        );
     }
 
     #[test]

@@ -176,7 +176,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(module_name("kernel/drivers/block/virtio_blk.ko"), "virtio_blk");
+        assert_eq!(
+            module_name("kernel/drivers/block/virtio_blk.ko"),
+            "virtio_blk"
+        );
         assert_eq!(module_name("kernel/fs/xfs/xfs.ko.xz"), "xfs");
         assert_eq!(module_name("dm-mod.ko.zst"), "dm_mod");
         assert_eq!(module_name("virtio-pci"), "virtio_pci");
@@ -196,10 +199,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             got,
-            ["kernel/c.ko.xz", "kernel/b.ko.xz", "kernel/a.ko.xz", "kernel/d-e.ko"]
+            [
+                "kernel/c.ko.xz",
+                "kernel/b.ko.xz",
+                "kernel/a.ko.xz",
+                "kernel/d-e.ko"
+            ]
         );
-        let err = index.resolve(&["nvme".into()], "disk /dev/nvme0n1").unwrap_err();
-        assert!(err.to_string().contains("nvme") && err.to_string().contains("nvme0n1"), "{err}");
+        let err = index
+            .resolve(&["nvme".into()], "disk /dev/nvme0n1")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("nvme") && err.to_string().contains("nvme0n1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -248,11 +261,21 @@ mod tests {
                     .into_iter()
                     .flatten()
                     .flatten()
-                    .flat_map(|tree| fs::read_dir(tree.path().join("lib/modules")).into_iter().flatten().flatten())
+                    .flat_map(|tree| {
+                        fs::read_dir(tree.path().join("lib/modules"))
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                    })
                     .map(|e| e.path()),
             );
-        let Some(dir) = candidates.into_iter().find(|d| d.join("modules.dep").exists()) else {
-            eprintln!("no real modules.dep here (no lab tree built): checked by the lab test instead");
+        let Some(dir) = candidates
+            .into_iter()
+            .find(|d| d.join("modules.dep").exists())
+        else {
+            eprintln!(
+                "no real modules.dep here (no lab tree built): checked by the lab test instead"
+            );
             return;
         };
         let index = ModuleIndex::load(&dir).unwrap();
@@ -260,7 +283,11 @@ mod tests {
             .resolve(&["virtio_blk".into(), "virtio_net".into()], "the lab disk")
             .unwrap();
         for file in &files {
-            assert!(dir.join(file).is_file(), "{file} listed but missing in {}", dir.display());
+            assert!(
+                dir.join(file).is_file(),
+                "{file} listed but missing in {}",
+                dir.display()
+            );
         }
         let names: Vec<_> = files.iter().map(|f| module_name(f)).collect();
         let net = names.iter().position(|n| n == "virtio_net");
@@ -268,9 +295,6 @@ mod tests {
         if let (Some(net), Some(failover)) = (net, failover) {
             assert!(failover < net, "{names:?}");
         }
-        assert!(
-            net.is_some() || index.is_builtin("virtio_net"),
-            "{names:?}"
-        );
+        assert!(net.is_some() || index.is_builtin("virtio_net"), "{names:?}");
     }
 }

@@ -23,7 +23,9 @@ pub struct System {
 
 impl Default for System {
     fn default() -> Self {
-        System { root: PathBuf::from("/") }
+        System {
+            root: PathBuf::from("/"),
+        }
     }
 }
 
@@ -53,9 +55,7 @@ pub struct Readiness {
 ///
 /// Errors: the first refusal found, naming its cause and what to do.
 pub fn check(system: &System, euid: u32, kernel: &Path) -> Result<Readiness> {
-    if euid != 0 {
-        return Err(KexecError::NotRoot { euid });
-    }
+    require_root(euid)?;
     // CONFIG_KEXEC_CORE creates this file; without it neither system call exists.
     let loaded = system.path("/sys/kernel/kexec_loaded");
     if !loaded.exists() {
@@ -96,6 +96,15 @@ pub fn check(system: &System, euid: u32, kernel: &Path) -> Result<Readiness> {
         secure_boot,
         kernel_signed,
     })
+}
+
+/// The first check, on its own for callers that look for files only root
+/// may read before [`check`]: refuses an effective user id other than 0.
+pub fn require_root(euid: u32) -> Result<()> {
+    if euid != 0 {
+        return Err(KexecError::NotRoot { euid });
+    }
+    Ok(())
 }
 
 /// A file's content without surrounding white space; `None` when it does not exist.
@@ -183,7 +192,12 @@ mod tests {
         let system = System {
             root: dir.path().to_owned(),
         };
-        for folder in ["sys/kernel", "proc/sys/kernel", "run/systemd/system", "boot"] {
+        for folder in [
+            "sys/kernel",
+            "proc/sys/kernel",
+            "run/systemd/system",
+            "boot",
+        ] {
             fs::create_dir_all(system.path(folder)).unwrap();
         }
         fs::write(system.path("/sys/kernel/kexec_loaded"), "0\n").unwrap();
@@ -284,7 +298,11 @@ mod tests {
             matches!(&err, KexecError::UnsignedKernel { policy, .. } if policy == "Secure Boot"),
             "{err}"
         );
-        fs::write(vars.join(format!("SecureBoot-{EFI_GLOBAL}")), [6, 0, 0, 0, 0]).unwrap();
+        fs::write(
+            vars.join(format!("SecureBoot-{EFI_GLOBAL}")),
+            [6, 0, 0, 0, 0],
+        )
+        .unwrap();
         assert_eq!(check(&system, 0, &kernel).unwrap().secure_boot, Some(false));
     }
 

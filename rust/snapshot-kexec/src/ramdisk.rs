@@ -88,7 +88,11 @@ pub fn load_modules(dir: &Path, names: &[String]) -> Vec<String> {
             }
         };
         let compressed = [".xz", ".zst", ".gz"].iter().any(|ext| name.ends_with(ext));
-        let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
+        let flags = if compressed {
+            MODULE_INIT_COMPRESSED_FILE
+        } else {
+            0
+        };
         // SAFETY: file is open for reading; the parameter string is empty.
         let rc = unsafe {
             libc::syscall(
@@ -117,10 +121,14 @@ pub fn finish(settings: &Settings) -> ! {
     if settings.return_to == Return::Kexec {
         match kexec_back(settings) {
             Ok(()) => say("kexec back into the original kernel"),
-            Err(err) => say(&format!("cannot kexec back ({err}): rebooting through the firmware")),
+            Err(err) => say(&format!(
+                "cannot kexec back ({err}): rebooting through the firmware"
+            )),
         }
         let err = crate::kexec::jump();
-        say(&format!("the jump back failed ({err}): rebooting through the firmware"));
+        say(&format!(
+            "the jump back failed ({err}): rebooting through the firmware"
+        ));
     }
     let cmd = match settings.return_to {
         Return::Poweroff => libc::LINUX_REBOOT_CMD_POWER_OFF,
@@ -142,7 +150,10 @@ fn kexec_back(settings: &Settings) -> crate::Result<()> {
         })
     };
     let kernel = open(RETURN_KERNEL)?;
-    let initrd = settings.has_initrd.then(|| open(RETURN_INITRD)).transpose()?;
+    let initrd = settings
+        .has_initrd
+        .then(|| open(RETURN_INITRD))
+        .transpose()?;
     crate::kexec::load(&kernel, initrd.as_ref(), &settings.cmdline)
 }
 

@@ -72,9 +72,7 @@ impl Settings {
 pub fn ramdisk_cmdline(original: &str) -> String {
     let mut args: Vec<&str> = original
         .split_whitespace()
-        .filter(|arg| {
-            arg.starts_with("console=") || arg.starts_with("earlycon") || *arg == "quiet"
-        })
+        .filter(|arg| arg.starts_with("console=") || arg.starts_with("earlycon") || *arg == "quiet")
         .collect();
     // A panic (an /init that dies) reboots after 10 s instead of hanging.
     args.push("panic=10");
@@ -102,13 +100,20 @@ mod tests {
         std::fs::write(&path, serde_json::to_string(&settings).unwrap()).unwrap();
         assert_eq!(Settings::read(&path).unwrap(), settings);
         std::fs::write(&path, "{").unwrap();
-        assert!(Settings::read(&path).unwrap_err().to_string().contains("s.json"));
+        assert!(
+            Settings::read(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("s.json")
+        );
     }
 
     #[test]
     fn ramdisk_cmdline_keeps_only_the_console() {
         assert_eq!(
-            ramdisk_cmdline("BOOT_IMAGE=/vmlinuz root=LABEL=r ro console=tty0 console=ttyS0,115200 quiet"),
+            ramdisk_cmdline(
+                "BOOT_IMAGE=/vmlinuz root=LABEL=r ro console=tty0 console=ttyS0,115200 quiet"
+            ),
             "console=tty0 console=ttyS0,115200 quiet panic=10"
         );
     }
