@@ -35,7 +35,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PROMPT", "ROOT_LABEL", "bios_grub_disk", "cache_dir", "debian_tree",
+__all__ = ["PROMPT", "ROOT_LABEL", "bios_grub_disk", "cache_dir", "debian_tree", "files_disk",
            "uefi_grub_disk", "uefi_systemd_boot_disk"]
 
 #: Shell prompt of the guest's root login on the serial console.
@@ -287,3 +287,15 @@ def _partition_start(disk: Path, number: int) -> int:
     if not match:
         raise RuntimeError(f"sgdisk shows no partition {number} on {disk}: {info}")
     return int(match.group(1)) * 512
+
+
+def files_disk(out: Path, files: dict[str, Path], *, size_mib: int = 128) -> Path:
+    """A raw disk holding one ext4 filesystem (no partition table) with ``files``
+    (name in the filesystem -> host file): how the lab hands binaries to a guest,
+    which mounts it (``mount -o ro /dev/vdb /mnt``). Made by ``mke2fs -d``, nothing mounted."""
+    with tempfile.TemporaryDirectory(prefix="lab-files-", dir=out.parent) as tmp:
+        for name, src in files.items():
+            shutil.copy2(src, Path(tmp) / name)
+        out.unlink(missing_ok=True)
+        _run("mke2fs", "-q", "-t", "ext4", "-L", "lab-files", "-d", tmp, out, f"{size_mib}M")
+    return out

@@ -75,6 +75,12 @@ pub fn exit_code(
 /// Runs `kexec-capture`: everything is checked and loaded before the
 /// system is asked to stop; on success the system is going down.
 pub fn run(req: &Request) -> Result<(), KexecCommandError> {
+    if !req.round_trip_only {
+        return Err(KexecCommandError::Usage {
+            option: "--round-trip-only",
+            reason: "capturing from the ramdisk is not implemented yet (preview): give --round-trip-only to jump into the ramdisk and back".into(),
+        });
+    }
     let system = System::default();
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -106,12 +112,6 @@ pub fn run(req: &Request) -> Result<(), KexecCommandError> {
         )?,
     };
 
-    if !req.round_trip_only {
-        return Err(KexecCommandError::Usage {
-            option: "--round-trip-only",
-            reason: "capturing from the ramdisk is not implemented yet (preview): give --round-trip-only to jump into the ramdisk and back".into(),
-        });
-    }
     // The source and output checks `capture` does, before anything stops.
     let mut needs: Vec<(String, String)> = Vec::new();
     if let Some(source) = &req.source {
