@@ -61,6 +61,7 @@ def test_kexec_round_trip_and_refusals(lab_disk: Callable[[str], tuple[Path, str
         _, loaded = vm.sh("cat /sys/kernel/kexec_loaded")
         assert loaded.strip() == "0"
 
+        disk_bytes = int(vm.sh("blockdev --getsize64 /dev/vda")[1])
         _, before = vm.sh("cat /proc/sys/kernel/random/boot_id /proc/cmdline; uname -r")
         # 3. The jump there and back.
         jump = time.monotonic()
@@ -69,6 +70,9 @@ def test_kexec_round_trip_and_refusals(lab_disk: Callable[[str], tuple[Path, str
         in_ramdisk = time.monotonic()
         match = vm.expect(r"ironic-snapshot ramdisk: loaded (\d+) of (\d+) modules([^\r\n]*)", 60)
         assert match.group(1) == match.group(2), match.group(0)
+        # The disk's modules loaded from the ramdisk bring the disk up there.
+        match = vm.expect(r"ironic-snapshot ramdisk: disk vda ([^\r\n]*)", 60)
+        assert match.group(1) == f"is here: {disk_bytes} bytes", match.group(0)
         vm.expect(r"ironic-snapshot ramdisk: kexec back into the original kernel", 120)
         vm.wait_for_prompt(300)
         back = time.monotonic()

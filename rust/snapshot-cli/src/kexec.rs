@@ -160,6 +160,7 @@ pub fn run(req: &Request) -> Result<(), KexecCommandError> {
         modules: Vec::new(),
         timeout_seconds: req.timeout,
         round_trip_only: req.round_trip_only,
+        source_device: needs.first().map(|(name, _)| name.clone()),
     };
     let contents = initramfs::Contents {
         init: PathBuf::from("/proc/self/exe"),
@@ -279,6 +280,7 @@ pub fn ramdisk_main() -> ! {
                 modules: Vec::new(),
                 timeout_seconds: 0,
                 round_trip_only: true,
+                source_device: None,
             });
         }
     };
@@ -297,6 +299,12 @@ pub fn ramdisk_main() -> ! {
             format!(" (failed: {})", errors.join("; "))
         }
     ));
+    if let Some(name) = &settings.source_device {
+        match ramdisk::wait_for_disk(name, std::time::Duration::from_secs(30)) {
+            Some(size) => ramdisk::say(&format!("disk {name} is here: {size} bytes")),
+            None => ramdisk::say(&format!("disk {name} did not appear within 30 s")),
+        }
+    }
     if settings.round_trip_only {
         ramdisk::say("round trip only: nothing captured");
     }

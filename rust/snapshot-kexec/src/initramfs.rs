@@ -134,6 +134,7 @@ mod tests {
             modules: vec![],
             timeout_seconds: 60,
             round_trip_only: true,
+            source_device: None,
         };
         let (archive, size) = build(Vec::new(), &contents, &settings).unwrap();
         assert!(archive.len() as u64 > size);

@@ -112,6 +112,27 @@ pub fn load_modules(dir: &Path, names: &[String]) -> Vec<String> {
     errors
 }
 
+/// Waits up to `timeout` for block device `name` to appear (its driver may
+/// still be probing after the module loaded); returns its size in bytes.
+pub fn wait_for_disk(name: &str, timeout: std::time::Duration) -> Option<u64> {
+    let size = Path::new("/sys/class/block").join(name).join("size");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // sysfs counts 512-byte sectors whatever the device's block size.
+        if let Some(sectors) = std::fs::read_to_string(&size)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|&s| s > 0)
+        {
+            return Some(sectors * 512);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Ends the ramdisk the way `settings` asks; never returns. kexec back loads
 /// [`RETURN_KERNEL`] with [`RETURN_INITRD`] and the original command line;
 /// if that fails, the firmware reboots (the OS comes back either way).

@@ -50,6 +50,9 @@ pub struct Settings {
     pub timeout_seconds: u64,
     /// Only jump there and back (a preview: nothing is captured).
     pub round_trip_only: bool,
+    /// Kernel name of the disk to capture (`vda`), which the ramdisk waits for.
+    #[serde(default)]
+    pub source_device: Option<String>,
 }
 
 impl Settings {
@@ -94,6 +97,7 @@ mod tests {
             modules: vec!["kernel/a.ko".into()],
             timeout_seconds: 600,
             round_trip_only: true,
+            source_device: Some("vda".into()),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
