@@ -702,6 +702,28 @@ mod tests {
     }
 
     #[test]
+    fn kexec_exit_codes() {
+        use snapshot_kexec::KexecError;
+        let code = |err: KexecError| kexec::exit_code(&err.into(), exit_code);
+        assert_eq!(code(KexecError::NotRoot { euid: 1000 }), 7);
+        assert_eq!(code(KexecError::KexecDisabled), 7);
+        assert_eq!(
+            code(KexecError::BootFileNotFound {
+                what: "image",
+                tried: vec![],
+                option: "--kernel"
+            }),
+            2
+        );
+        let source = kexec::KexecCommandError::Capture(Error::SourceNotFound { path: "s".into() });
+        assert_eq!(kexec::exit_code(&source, exit_code), 3);
+        // Capturing is not implemented: only --round-trip-only parses into a run.
+        assert!(
+            Cli::try_parse_from(["ironic-snapshot", "kexec-capture", "--return", "sleep"]).is_err()
+        );
+    }
+
+    #[test]
     fn output_and_glance_are_exclusive() {
         assert!(
             Cli::try_parse_from([
