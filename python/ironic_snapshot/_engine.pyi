@@ -5,7 +5,7 @@ from collections.abc import Callable
 from os import PathLike
 from typing import Any, Final, Literal, TypedDict, type_check_only
 
-__all__ = ["VERSION", "capture", "check_options"]
+__all__ = ["VERSION", "capture", "check_options", "verify_glance"]
 
 VERSION: Final[str]
 """Version of the engine, recorded in every report."""
@@ -38,6 +38,7 @@ def capture(
     progress_interval: float = 2.0,
     insecure: bool = False,
     ca_file: str | PathLike[str] | None = None,
+    verify_upload: bool = True,
 ) -> dict[str, Any]:
     """Capture the disk ``source`` (block device or image file, opened
     read-only) into an image.
@@ -63,6 +64,12 @@ def capture(
         re-raised here.
     :param insecure: skip TLS certificate checks (test clouds only).
     :param ca_file: extra CA bundle (PEM) to trust.
+    :param verify_upload: for ``glance_image``, read the image back and
+        compare Glance's size and digests with the report before returning
+        (an :class:`~ironic_snapshot.VerificationError` when they differ).
+        With ``False`` the caller checks them itself with
+        :func:`verify_glance`, for example with a newer token: a Keystone
+        token can expire during a long capture, after Glance stored the data.
     :returns: the report: ``virtual_size``, ``image_size``, ``bytes_read``,
         ``sha256``, ``sha512``, ``md5``, ``seconds``, ``format``,
         ``compression``, ``level``, ``cluster_size``, ``passes``,
@@ -96,4 +103,40 @@ def check_options(
     :param memory_limit: bytes, a string like ``"512M"``, or ``"auto"``.
     :raises ironic_snapshot.InvalidInputError: a value (or its type) is
         wrong; the message names the option and what to use.
+    """
+
+def verify_glance(
+    glance_image: str,
+    *,
+    glance_endpoint: str,
+    image_size: int,
+    md5: str,
+    sha256: str,
+    sha512: str,
+    token: str | None = None,
+    insecure: bool = False,
+    ca_file: str | PathLike[str] | None = None,
+) -> None:
+    """Check that the Glance image ``glance_image`` holds exactly what a
+    capture sent: status ``active``, ``size`` equal to ``image_size``,
+    ``checksum`` equal to ``md5`` and ``os_hash_value`` equal to ``sha512``
+    (or ``sha256``, whichever ``os_hash_algo`` names).
+
+    What :func:`capture` does after a Glance upload unless given
+    ``verify_upload=False``, with a token of the caller's choice (never
+    logged). The GIL is released while Glance is asked.
+
+    :param image_size: ``image_size`` of the capture's report.
+    :param md5: ``md5`` of the report.
+    :param sha256: ``sha256`` of the report.
+    :param sha512: ``sha512`` of the report.
+    :param insecure: skip TLS certificate checks (test clouds only).
+    :param ca_file: extra CA bundle (PEM) to trust.
+    :raises ironic_snapshot.VerificationError: a field differs; the message
+        names it with both values.
+    :raises ironic_snapshot.UploadError: Glance refused to show the image
+        (its ``status`` attribute holds the HTTP status, 401 for an expired
+        token) or could not be reached.
+    :raises ironic_snapshot.InvalidInputError: a bad endpoint, id, token or
+        CA file.
     """

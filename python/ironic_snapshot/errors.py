@@ -19,9 +19,29 @@ class SnapshotStepError(errors.RESTError):
 
 
 class ImageServiceError(SnapshotStepError):
-    """The image service refused a request or could not be reached."""
+    """The image service refused a request or could not be reached.
+
+    :ivar status: the HTTP status of Glance's answer, or ``None`` when it
+        could not be reached.
+    """
 
     message = "Disk snapshot failed: image service error"
+
+    def __init__(self, details: str, status: int | None = None) -> None:
+        super().__init__(details)
+        self.status = status
+
+
+class ImageStoredUnverifiedError(SnapshotStepError):
+    """Glance holds the upload but refused the caller's token afterwards.
+
+    A token given by the caller (``auth_token``) expired during the capture:
+    the step could neither read the image back nor record its report. The
+    details (:func:`ironic_snapshot.stored.details`) carry the report, so
+    that the client verifies the image itself.
+    """
+
+    message = "Disk snapshot failed: image stored, not verified by the step"
 
 
 class ImageVerificationError(SnapshotStepError):

@@ -50,12 +50,19 @@ class OutputError(SnapshotError, OSError):
 
 
 class UploadError(SnapshotError):
-    """The image service refused the upload or could not be reached.
+    """The image service refused a request or could not be reached.
 
-    The image is left in a state other than ``active``.
+    Raised by :func:`~ironic_snapshot.capture`, the image is left in a state
+    other than ``active``; raised by ``verify_glance`` it says nothing about
+    the image's state.
+
+    :ivar status: the HTTP status Glance answered (401 for an expired or
+        refused token), or ``None`` when there was no answer (the service
+        could not be reached) or the request was never made.
     """
 
     kind = "upload"
+    status: int | None = None
 
 
 class VerificationError(SnapshotError):

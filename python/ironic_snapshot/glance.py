@@ -74,6 +74,11 @@ class GlanceImages:
         # Never show the token, even in a debugger or a traceback.
         return f"GlanceImages({self.endpoint!r})"
 
+    def with_token(self, token: str | None) -> GlanceImages:
+        """The same client with another token (a renewed one)."""
+        return GlanceImages(self.endpoint, token, self._verify, self._timeout,
+                            self._refused_hint)
+
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if self._token:
@@ -105,20 +110,48 @@ class GlanceImages:
             raise ImageServiceError(
                 f"Image {image_id} was not found in Glance at {self.endpoint}: "
                 "create the image first (it must be queued) and pass its id "
-                "as image_id, with a token of the image's project"
+                "as image_id, with a token of the image's project",
+                status=404,
             )
         if response.status_code in (401, 403):
             raise ImageServiceError(
                 f"Glance at {self.endpoint} refused to {action}{what}, HTTP "
-                f"{response.status_code}: {self._refused_hint}"
+                f"{response.status_code}: {self._refused_hint}",
+                status=response.status_code,
             )
         if response.status_code >= 400:
             raise ImageServiceError(
                 f"Glance at {self.endpoint} answered HTTP "
                 f"{response.status_code} to {action}{what}: "
-                f"{_glance_message(response)}"
+                f"{_glance_message(response)}",
+                status=response.status_code,
             )
         return response
+
+    def verify_upload(self, image_id: str, report: dict[str, Any], *, insecure: bool,
+                      ca_file: str | None) -> None:
+        """Checks that Glance holds exactly the image of ``report``, with this token.
+
+        The engine's own check (``verify_glance``), made here rather than at
+        the end of the capture so that it can use a newer token than the
+        upload's.
+
+        :param image_id: the image id.
+        :param report: the capture's report.
+        :param insecure: skip TLS verification.
+        :param ca_file: extra CA bundle, or ``None``.
+        :raises ironic_snapshot.VerificationError: Glance's size or a digest
+            differs from the report.
+        :raises ironic_snapshot.UploadError: Glance refused (``status`` set)
+            or could not be reached.
+        """
+        from ironic_snapshot import _engine
+
+        _engine.verify_glance(
+            image_id, glance_endpoint=self.endpoint, token=self._token,
+            image_size=int(report["image_size"]), md5=str(report["md5"]),
+            sha256=str(report["sha256"]), sha512=str(report["sha512"]),
+            insecure=insecure, ca_file=ca_file)
 
     def get(self, image_id: str) -> dict[str, Any]:
         """The image's record.

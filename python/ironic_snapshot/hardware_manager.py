@@ -27,7 +27,10 @@ from oslo_utils import strutils
 from ironic_snapshot import conf as snapshot_conf
 from ironic_snapshot import devices
 from ironic_snapshot import exceptions
+from ironic_snapshot import stored
+from ironic_snapshot.errors import IdentityServiceError
 from ironic_snapshot.errors import ImageServiceError
+from ironic_snapshot.errors import ImageStoredUnverifiedError
 from ironic_snapshot.errors import ImageVerificationError
 from ironic_snapshot.errors import SnapshotEngineError
 from ironic_snapshot.glance import ConfiguredCredential, GlanceImages
@@ -233,7 +236,44 @@ class _NewImage:
         return name
 
 
-def _withdraw_given_image(images: GlanceImages, image_id: str) -> str:
+class _GlanceAccess:
+    """Glance for one step run, and where its token comes from.
+
+    With the configured credential the step can always get a new token, and
+    it does before every call after the upload (:meth:`renewed`): a capture
+    can outlast a token (Keystone's ``[token] expiration``, 1 h by default),
+    and Glance then holds the data while the old token is refused. A token
+    given by the caller cannot be renewed (:attr:`caller_token`).
+
+    :param images: the Glance client with the first token.
+    :param credential: the configured credential, or ``None`` when the
+        token (if any) came from the caller.
+    :param auth: keyword arguments of :meth:`ConfiguredCredential.authenticate`.
+    """
+
+    def __init__(self, images: GlanceImages, credential: ConfiguredCredential | None,
+                 auth: dict[str, Any]) -> None:
+        self.images = images
+        self._credential = credential
+        self._auth = auth
+
+    @property
+    def caller_token(self) -> bool:
+        """The token came from the caller (or there is none): it cannot be renewed."""
+        return self._credential is None
+
+    def renewed(self) -> GlanceImages:
+        """The Glance client with a new token of the configured credential.
+
+        :raises IdentityServiceError: Keystone refused or could not be reached.
+        """
+        if self._credential is not None:
+            access = self._credential.authenticate(**self._auth)
+            self.images = self.images.with_token(access.token)
+        return self.images
+
+
+def _withdraw_given_image(access: _GlanceAccess, image_id: str) -> str:
     """Makes an image whose stored bytes are wrong unusable; says what was done.
 
     The image is the caller's, so it is deactivated rather than deleted: no
@@ -242,6 +282,13 @@ def _withdraw_given_image(images: GlanceImages, image_id: str) -> str:
     secure defaults, or the token's access rules lack it), the image is
     deleted instead, because a wrong image must not stay usable.
     """
+    try:
+        images = access.renewed()
+    except IdentityServiceError as exc:
+        LOG.error("Snapshot: no token to withdraw image %(image)s: %(error)s",
+                  {"image": image_id, "error": exc.details})
+        return (f"Image {image_id} could be neither deactivated nor deleted (no new "
+                f"token: {exc.details}): it is still active, delete it by hand now")
     try:
         images.deactivate(image_id)
     except ImageServiceError as exc:
@@ -262,11 +309,11 @@ def _withdraw_given_image(images: GlanceImages, image_id: str) -> str:
     return f"Image {image_id} was deleted (deactivating it failed: {refused})"
 
 
-def _delete_own_image(images: GlanceImages, image_id: str) -> str:
+def _delete_own_image(access: _GlanceAccess, image_id: str) -> str:
     """Deletes an image the step created; returns what happened, for the error."""
     try:
-        images.delete(image_id)
-    except ImageServiceError as exc:
+        access.renewed().delete(image_id)
+    except (ImageServiceError, IdentityServiceError) as exc:
         LOG.error("Snapshot: the image %(image)s the step created could not be "
                   "deleted after the failure: %(error)s",
                   {"image": image_id, "error": exc.details})
@@ -465,10 +512,10 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         devices.check_capturable(device)
 
         refused_hint = None
+        auth = {"verify": verify, "timeout": opts.api_timeout, "interface": opts.interface,
+                "region": opts.region_name}
         if credential is not None:
-            access = credential.authenticate(verify=verify, timeout=opts.api_timeout,
-                                             interface=opts.interface,
-                                             region=opts.region_name)
+            access = credential.authenticate(**auth)
             token = access.token
             endpoint = endpoint or access.image_endpoint
             if not endpoint:
@@ -486,6 +533,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                 "service image"
             )
         images = GlanceImages(str(endpoint), token, verify, opts.api_timeout, refused_hint)
+        glance = _GlanceAccess(images, credential, auth)
         capture_args = {
             "token": token, "compression": compression, "level": level,
             "cluster_size": cluster_size, "threads": threads,
@@ -495,7 +543,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
 
         if image_id is not None:
             disk_format = self._check_given_image(images, image_id, disk_format)
-            return self._capture_into(images, image_id, disk_format, node, device,
+            return self._capture_into(glance, image_id, disk_format, node, device,
                                       own_image=False, **capture_args)
         if new_image is None:  # unreachable: made above when image_id is None
             raise SnapshotEngineError("Step snapshot_disk has no image to fill")
@@ -511,11 +559,14 @@ class SnapshotHardwareManager(hardware.HardwareManager):
              "node": node.get("uuid")},
         )
         try:
-            result = self._capture_into(images, image_id, new_image.disk_format, node,
+            result = self._capture_into(glance, image_id, new_image.disk_format, node,
                                         device, own_image=True, **capture_args)
+        except ImageStoredUnverifiedError:
+            # The caller verifies and keeps it (its token made the image).
+            raise
         except Exception as exc:
             # The image is the step's own: nobody else would clean it up.
-            outcome = _delete_own_image(images, image_id)
+            outcome = _delete_own_image(glance, image_id)
             if isinstance(exc, errors.RESTError):
                 exc.details = f"{exc.details}. {outcome}"
             raise
@@ -548,7 +599,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
             )
         return disk_format
 
-    def _capture_into(self, images: GlanceImages, image_id: str, disk_format: str,
+    def _capture_into(self, glance: _GlanceAccess, image_id: str, disk_format: str,
                       node: dict[str, Any], device: str, *, token: str | None,
                       compression: str,
                       level: int | None, cluster_size: int | str, threads: int,
@@ -559,8 +610,14 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         The same for an image given by id and one the step created
         (``own_image``), except after a failed digest check: a given image is
         deactivated (or deleted), an own image is left to the caller to delete.
+
+        Once Glance holds the data every call renews the token of the
+        configured credential; a caller's token that Glance refuses by then
+        (401: it expired during the capture) fails the step with
+        :class:`ImageStoredUnverifiedError`, whose message carries the report.
         """
         opts = CONF.snapshot
+        images = glance.images
         LOG.info(
             "Snapshot of %(device)s into image %(image)s at %(endpoint)s as "
             "%(format)s (compression %(compression)s)",
@@ -585,6 +642,8 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                 progress_interval=float(opts.progress_interval),
                 insecure=insecure,
                 ca_file=opts.ca_file,
+                # Checked below, with a renewed token.
+                verify_upload=False,
             )
         except exceptions.InvalidInputError as exc:
             raise errors.InvalidCommandParamsError(f"Step snapshot_disk: {exc}") from exc
@@ -593,19 +652,43 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         except exceptions.UploadError as exc:
             raise ImageServiceError(
                 f"Upload of {device} into image {image_id} failed, the image "
-                f"is not active: {exc}"
+                f"is not active: {exc}", status=exc.status
             ) from exc
+        except exceptions.SnapshotError as exc:
+            raise SnapshotEngineError(f"Capture of {device} failed: {exc}") from exc
+
+        # From here on Glance holds the data: the upload's token may have
+        # expired during a long capture, so every call gets a new one where
+        # the step can (the configured credential).
+        properties = self._report_properties(report, node, device)
+        try:
+            images = glance.renewed()
+            images.verify_upload(image_id, report, insecure=insecure, ca_file=opts.ca_file)
+        except IdentityServiceError as exc:
+            raise IdentityServiceError(
+                f"Image {image_id} is stored, but the step could not get a new token to "
+                f"verify it: {exc.details}") from exc
         except exceptions.VerificationError as exc:
             if own_image:
                 # The caller deletes the step's own image, and says so.
                 outcome = "Snapshot again"
             else:
-                outcome = _withdraw_given_image(images, image_id) + "; snapshot again"
+                outcome = _withdraw_given_image(glance, image_id) + "; snapshot again"
             raise ImageVerificationError(
                 f"Image {image_id} does not match the data of {device}: {exc}. {outcome}"
             ) from exc
+        except exceptions.UploadError as exc:
+            if exc.status == 401 and glance.caller_token:
+                raise ImageStoredUnverifiedError(stored.details(
+                    image_id, "Glance refused the auth_token when the step read the image "
+                    "back (HTTP 401): it expired during the capture", properties)) from exc
+            raise ImageServiceError(
+                f"Image {image_id} holds the upload of {device}, but the step could not "
+                f"read it back to verify it: {exc}", status=exc.status) from exc
         except exceptions.SnapshotError as exc:
-            raise SnapshotEngineError(f"Capture of {device} failed: {exc}") from exc
+            raise SnapshotEngineError(
+                f"Image {image_id} holds the upload of {device}, but verifying it "
+                f"failed: {exc}") from exc
 
         LOG.info(
             "Snapshot of %(device)s into image %(image)s done: %(size)s image "
@@ -615,13 +698,21 @@ class SnapshotHardwareManager(hardware.HardwareManager):
              "vsize": _human(report["virtual_size"]),
              "seconds": report["seconds"], "sha256": report["sha256"]},
         )
-        properties = self._report_properties(report, node, device)
         try:
-            images.set_properties(image_id, properties)
+            glance.renewed().set_properties(image_id, properties)
+        except IdentityServiceError as exc:
+            raise IdentityServiceError(
+                f"Image {image_id} is stored and verified, but the step could not get a "
+                f"new token to record the snapshot report on it: {exc.details}") from exc
         except ImageServiceError as exc:
+            if exc.status == 401 and glance.caller_token:
+                raise ImageStoredUnverifiedError(stored.details(
+                    image_id, "Glance refused the auth_token when the step recorded the "
+                    "report (HTTP 401): it expired during the capture", properties,
+                    verified=True)) from exc
             raise ImageServiceError(
                 f"Image {image_id} is stored and verified, but the snapshot "
-                f"report could not be recorded on it: {exc.details}"
+                f"report could not be recorded on it: {exc.details}", status=exc.status
             ) from exc
         return {"image_id": image_id, "device": device, "report": report}
 

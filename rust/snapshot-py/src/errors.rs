@@ -40,12 +40,16 @@ fn kind_name(kind: ErrorKind) -> &'static str {
     }
 }
 
-/// Builds an exception of the class for `kind` carrying `message`.
-fn make(py: Python<'_>, kind: ErrorKind, message: String) -> PyErr {
+/// Builds an exception of the class for `kind` carrying `message`, and the
+/// HTTP `status` of a service's answer when there was one.
+fn make(py: Python<'_>, kind: ErrorKind, message: String, status: Option<u16>) -> PyErr {
     let built = (|| -> PyResult<PyErr> {
         let class = py.import(EXCEPTIONS_MODULE)?.getattr(class_name(kind))?;
         let exc = class.call1((message.clone(),))?;
         exc.setattr("kind", kind_name(kind))?;
+        if let Some(status) = status {
+            exc.setattr("status", status)?;
+        }
         Ok(PyErr::from_value(exc))
     })();
     // Only reachable when the extension is used without its Python package:
@@ -63,12 +67,18 @@ pub(crate) fn engine_error(py: Python<'_>, err: &snapshot_core::Error) -> PyErr 
         message.push_str(&inner.to_string());
         cause = inner.source();
     }
-    make(py, err.kind(), message)
+    // A caller tells an expired token (401) from other refusals by the
+    // status, not by parsing the message.
+    let status = match err {
+        snapshot_core::Error::Http { status, .. } => Some(*status),
+        _ => None,
+    };
+    make(py, err.kind(), message, status)
 }
 
 /// An `InvalidInputError` raised by the binding itself (argument checks).
 pub(crate) fn invalid_input(py: Python<'_>, message: &str) -> PyErr {
-    make(py, ErrorKind::InvalidInput, message.to_owned())
+    make(py, ErrorKind::InvalidInput, message.to_owned(), None)
 }
 
 /// An `InternalError` for a panic or another bug.
@@ -77,6 +87,7 @@ pub(crate) fn panic_error(py: Python<'_>, message: &str) -> PyErr {
         py,
         ErrorKind::Internal,
         format!("Internal error: {message}; please report this as a bug"),
+        None,
     )
 }
 

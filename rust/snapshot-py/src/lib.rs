@@ -24,6 +24,7 @@ mod _engine {
 
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
+    use snapshot_core::digest::Digests;
     use snapshot_core::options::GlanceTarget;
     use snapshot_core::options::Secret;
     use snapshot_core::{CaptureOptions, Target};
@@ -49,12 +50,13 @@ mod _engine {
         format = "qcow2", compression = "zstd", level = None, cluster_size = SizeArg::Str("64K".into()),
         threads = 0, memory_limit = SizeArg::Str("256M".into()), skip_free_space = true,
         force = false, progress = None, progress_interval = 2.0, insecure = false, ca_file = None,
+        verify_upload = true,
     ))]
     #[pyo3(
         text_signature = "(source, output=None, *, glance_image=None, glance_endpoint=None, \
         token=None, format='qcow2', compression='zstd', level=None, cluster_size='64K', threads=0, \
         memory_limit='256M', skip_free_space=True, force=False, progress=None, progress_interval=2.0, \
-        insecure=False, ca_file=None)"
+        insecure=False, ca_file=None, verify_upload=True)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn capture<'py>(
@@ -76,6 +78,7 @@ mod _engine {
         progress_interval: f64,
         insecure: bool,
         ca_file: Option<PathBuf>,
+        verify_upload: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let target = match (output, glance_image) {
             (Some(_), Some(_)) => {
@@ -137,8 +140,16 @@ mod _engine {
         // caught here so that it becomes an exception instead of unwinding
         // through the interpreter.
         let outcome = py.detach(|| {
-            catch_unwind(AssertUnwindSafe(|| {
-                snapshot_core::capture(&source, &target, &options, &reporter)
+            catch_unwind(AssertUnwindSafe(|| match &target {
+                // The caller checks Glance's digests itself (verify_glance),
+                // with a token that may be newer than the upload's: a
+                // Keystone token can expire during a long capture.
+                Target::Glance(glance) if !verify_upload => {
+                    snapshot_core::sink::glance::open(glance).and_then(|sink| {
+                        snapshot_core::capture_into(&source, Box::new(sink), &options, &reporter)
+                    })
+                }
+                _ => snapshot_core::capture(&source, &target, &options, &reporter),
             }))
         });
         // An exception raised by the progress callback cancelled the capture:
@@ -158,6 +169,60 @@ mod _engine {
             Err(payload) => Err(panic_error(py, &crate::errors::panic_message(&payload))),
         }
     }
+    /// Checks that a Glance image holds exactly what a capture sent: see
+    /// `ironic_snapshot._engine.pyi`.
+    ///
+    /// The second half of `capture(..., verify_upload=False)`, kept apart so
+    /// that the caller can pass a token other than the upload's (the step
+    /// re-authenticates after a long upload). Over
+    /// [`snapshot_core::sink::glance::verify`].
+    #[pyfunction]
+    #[pyo3(signature = (
+        glance_image, *, glance_endpoint, image_size, md5, sha256, sha512, token = None,
+        insecure = false, ca_file = None,
+    ))]
+    #[pyo3(
+        text_signature = "(glance_image, *, glance_endpoint, image_size, md5, sha256, sha512, \
+        token=None, insecure=False, ca_file=None)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn verify_glance(
+        py: Python<'_>,
+        glance_image: String,
+        glance_endpoint: String,
+        image_size: u64,
+        md5: String,
+        sha256: String,
+        sha512: String,
+        token: Option<String>,
+        insecure: bool,
+        ca_file: Option<PathBuf>,
+    ) -> PyResult<()> {
+        let target = GlanceTarget {
+            endpoint: glance_endpoint,
+            image_id: glance_image,
+            token: token.map(Secret::new),
+            insecure,
+            ca_file,
+        };
+        // Glance reports lowercase hex; a caller may pass either case.
+        let digests = Digests {
+            md5: md5.to_ascii_lowercase(),
+            sha256: sha256.to_ascii_lowercase(),
+            sha512: sha512.to_ascii_lowercase(),
+        };
+        let outcome = py.detach(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                snapshot_core::sink::glance::verify(&target, &digests, image_size)
+            }))
+        });
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(engine_error(py, &err)),
+            Err(payload) => Err(panic_error(py, &crate::errors::panic_message(&payload))),
+        }
+    }
+
     /// Checks capture options without capturing: see
     /// `ironic_snapshot._engine.pyi`.
     ///
