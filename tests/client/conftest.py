@@ -40,7 +40,7 @@ from tests.stack.protected import keystone_glance, keystone_ironic
 stack_requirements = fixtures.stack_requirements
 disk = fixtures.disk
 
-__all__ = ["AgentWatch", "Cloud", "PASSWORD", "agent_on_demand"]
+__all__ = ["AgentWatch", "Cloud", "PASSWORD", "agent_on_demand", "build_cloud"]
 
 #: Password of the test users (fixed: nothing to protect on loopback).
 PASSWORD = "correct-horse-battery-staple"
@@ -83,13 +83,18 @@ class Cloud:
                               timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    """Keystone, Glance and Ironic with Keystone auth, projects and users."""
-    root = tmp_path_factory.mktemp("cloud")
+@contextlib.contextmanager
+def build_cloud(root: Path, *, keystone_conf: dict[str, dict[str, str]] | None = None
+                ) -> Iterator[Cloud]:
+    """Keystone, Glance and Ironic with Keystone auth, projects and users, in ``root``.
+
+    :param keystone_conf: sections merged over Keystone's config (such as a
+        short ``[token] expiration``).
+    """
     glance_port, ironic_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
-        keystone = stack.enter_context(start_keystone(root / "keystone"))
+        keystone = stack.enter_context(start_keystone(root / "keystone",
+                                                      extra_conf=keystone_conf))
         keystone.register_service("image", "glance", f"http://127.0.0.1:{glance_port}")
         keystone.register_service("baremetal", "ironic", f"http://127.0.0.1:{ironic_port}")
         demo = keystone.create_project("demo")
@@ -99,6 +104,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         glance = stack.enter_context(keystone_glance(keystone, root / "glance", glance_port))
         ironic = stack.enter_context(keystone_ironic(keystone, root / "ironic", ironic_port))
         yield Cloud(keystone, glance, ironic, demo, other, alice, bob)
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """Keystone, Glance and Ironic with Keystone auth, projects and users."""
+    with build_cloud(tmp_path_factory.mktemp("cloud")) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from tests.stack.process import read_log_tail, stop_process_group, venv_bin, wait_until_ready, write_conf
@@ -57,7 +57,8 @@ class GlanceServer:
     :ivar process: the gunicorn master process (leader of its own process group).
     """
 
-    def __init__(self, endpoint: str, workdir: Path, process: subprocess.Popen, token: str | None):
+    def __init__(self, endpoint: str, workdir: Path, process: subprocess.Popen,
+                 token: str | Callable[[], str] | None):
         self.endpoint = endpoint
         self.workdir = workdir
         self.process = process
@@ -78,7 +79,8 @@ class GlanceServer:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = content_type
-        token = token or self._token
+        # A callable renews its token (Keystone's may be short-lived).
+        token = token or (self._token() if callable(self._token) else self._token)
         if token:
             headers["X-Auth-Token"] = token
         req = urllib.request.Request(self.endpoint + path, data=data, method=method, headers=headers)
@@ -148,7 +150,7 @@ class GlanceServer:
 
 
 @contextlib.contextmanager
-def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
+def start_glance(workdir: Path, *, flavor: str = "", token: str | Callable[[], str] | None = None,
                  extra_conf: Mapping[str, Mapping[str, str]] | None = None,
                  port: int | None = None, workers: int = 2) -> Iterator[GlanceServer]:
     """Starts Glance in ``workdir`` and stops it on exit.
@@ -156,7 +158,8 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | None = None,
     :param workdir: an empty (or missing) folder for config, database, store, log.
     :param flavor: paste flavor: ``""`` for no authentication, ``"keystone"``
         for keystonemiddleware (then give ``[keystone_authtoken]`` in ``extra_conf``).
-    :param token: token the REST helpers send as ``X-Auth-Token``.
+    :param token: token the REST helpers send as ``X-Auth-Token``, or a
+        callable returning it (called for every request).
     :param extra_conf: sections merged over the generated ``glance-api.conf``.
     :param port: port to listen on; a free one by default.
     :param workers: gunicorn (sync) workers. At least 2 lets a status GET be

@@ -66,14 +66,17 @@ class KeystoneServer:
     :ivar workdir: folder holding config, keys, sqlite database and logs.
     """
 
-    def __init__(self, endpoint: str, workdir: Path, process: subprocess.Popen, admin_password: str):
+    def __init__(self, endpoint: str, workdir: Path, process: subprocess.Popen, admin_password: str,
+                 token_life: float = 3600.0):
         self.endpoint = endpoint
         self.auth_url = endpoint + "/v3"
         self.workdir = workdir
         self.process = process
         self.admin_password = admin_password
         self.log_path = workdir / "keystone.log"
-        self._admin_token: tuple[str, float] | None = None
+        #: Seconds a token lives (``[token] expiration``).
+        self.token_life = token_life
+        self._admin_tokens: dict[str, tuple[str, float]] = {}
         #: Passwords of the service users made by :meth:`service_user`.
         self.service_passwords: dict[str, str] = {}
 
@@ -138,13 +141,25 @@ class KeystoneServer:
         return self._issue({"methods": ["application_credential"], "application_credential": {
             "id": credential_id, "secret": secret}}, None)
 
+    def _renewed(self, key: str, mint: Any) -> str:
+        # Renewed at half its life: a Keystone with short-lived tokens (the
+        # token expiry tests) must not make the helpers fail.
+        now = time.monotonic()
+        cached = self._admin_tokens.get(key)
+        if cached is None or cached[1] < now:
+            cached = (mint(), now + self.token_life / 2)
+            self._admin_tokens[key] = cached
+        return cached[0]
+
     def admin_token(self) -> str:
         """A system-scoped token of the bootstrap admin, renewed before it expires."""
-        now = time.monotonic()
-        if self._admin_token is None or self._admin_token[1] < now:
-            token = self.password_token("admin", self.admin_password, system=True)
-            self._admin_token = (token, now + 1800)
-        return self._admin_token[0]
+        return self._renewed("system", lambda: self.password_token(
+            "admin", self.admin_password, system=True))
+
+    def admin_project_token(self) -> str:
+        """A token of the bootstrap admin scoped to project ``admin``, renewed before it expires."""
+        return self._renewed("project", lambda: self.password_token(
+            "admin", self.admin_password, project="admin"))
 
     def validate(self, token: str) -> int:
         """Keystone's HTTP status validating ``token`` (200 valid, 404 not)."""
@@ -321,7 +336,9 @@ def start_keystone(workdir: Path, *, port: int | None = None, workers: int = 2,
         [str(venv_bin() / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
          "--timeout", "300", "--chdir", str(workdir), "keystone_wsgi_shim:application"],
         env=env, cwd=workdir, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    server = KeystoneServer(endpoint, workdir, process, password)
+    token_life = float({**sections, **(extra_conf or {})}.get("token", {}).get(
+        "expiration", sections["token"]["expiration"]))
+    server = KeystoneServer(endpoint, workdir, process, password, token_life)
     try:
         wait_until_ready("Keystone", port, process, lambda: server.request("GET", "/v3")[0] == 200,
                          timeout=START_TIMEOUT, interval=0.3, output=workdir / "gunicorn.log",

@@ -22,10 +22,8 @@ __all__ = ["keystone_glance", "keystone_ironic"]
 def keystone_glance(keystone: KeystoneServer, workdir: Path, port: int
                     ) -> AbstractContextManager[GlanceServer]:
     """Starts (as a context manager) a Glance that checks tokens with ``keystone``."""
-    admin_project_token = keystone.password_token("admin", keystone.admin_password,
-                                                  project="admin")
     return start_glance(
-        workdir, flavor="keystone", port=port, token=admin_project_token,
+        workdir, flavor="keystone", port=port, token=keystone.admin_project_token,
         extra_conf={"keystone_authtoken": keystone.authtoken_conf(
             # No token cache: a deleted credential must be refused at once.
             "glance", service_type="image", token_cache_time="-1")})

@@ -50,8 +50,9 @@ from ironic_snapshot.client.errors import (
     ValidationError,
     VerificationFailedError,
 )
+from ironic_snapshot import stored
 from ironic_snapshot.exceptions import InvalidInputError
-from ironic_snapshot.glance import normalise_endpoint
+from ironic_snapshot.glance import PATCH_MEDIA_TYPE, normalise_endpoint
 
 __all__ = [
     "AGENT_DEPLOY_INTERFACES",
@@ -531,8 +532,65 @@ def _verify(run: _Run, image: dict[str, Any] | None, node_id: str, image_id: str
         elapsed_seconds=round(run.elapsed(), 1))
 
 
-def _cleanup(run: _Run, keep_image: bool, poll: float) -> list[str]:
-    """Undoes what the run did; returns what could not be undone."""
+def _finish(run: _Run, ident: str, timeout: float, poll: float) -> SnapshotResult:
+    """Follows the step to its end and checks the image.
+
+    Normally the step verified the image and recorded its report, and this
+    checks them. When the caller's token expired during the capture, the
+    step fails after Glance stored the data, with the report in its message
+    (:mod:`ironic_snapshot.stored`): then the image is verified here, with
+    the caller's own session, the report recorded and the node brought back
+    to ``active`` (:func:`_verify_stored`).
+    """
+    assert run.image_id is not None
+    try:
+        _follow(run, ident, timeout, poll)
+    except StepFailedError as exc:
+        found = stored.parse(exc.last_error)
+        if found is None or found[0] != run.image_id:
+            raise
+        return _verify_stored(run, ident, found[1], poll)
+    run.report("verify", "active", None)
+    return _verify(run, _image(run.conn, run.image_id), run.node_id, run.image_id)
+
+
+def _verify_stored(run: _Run, ident: str, report: dict[str, str], poll: float
+                   ) -> SnapshotResult:
+    """Verifies an image the step stored but could not verify; records its report.
+
+    :param report: the ``snapshot_*`` properties from the step's message.
+    :raises VerificationFailedError: Glance's size or digests differ from
+        the report (the caller's cleanup then deletes the image).
+    """
+    assert run.image_id is not None
+    image_id = run.image_id
+    LOG.warning("The step's token expired after Glance stored image %s: verifying it "
+                "here against the step's report", image_id)
+    run.report("verify", "service failed", None)
+    image = _image(run.conn, image_id)
+    # Glance's fields against the report, before anything is recorded.
+    _verify(run, None if image is None else {**image, **report}, run.node_id, image_id)
+    patch = [{"op": "add", "path": f"/{key}", "value": value}
+             for key, value in sorted(report.items()) if key.startswith("snapshot_")]
+    _call(run.conn.image, "PATCH", f"/images/{image_id}",
+          f"record the snapshot report on image {image_id}", ImageError,
+          headers={"Content-Type": PATCH_MEDIA_TYPE}, json=patch)
+    result = _verify(run, _image(run.conn, image_id), run.node_id, image_id)
+    notes = _restore_node(run, poll)
+    run.serviced = run.powered_off = False
+    if notes:
+        # The image is good: keep it, whatever happens to the node.
+        run.image_id = None
+        raise StepFailedError(
+            f"Image {image_id} is verified and kept, but node {ident} could not be brought "
+            f"back: {'; '.join(notes)}", image_id=image_id, node_id=run.node_id)
+    LOG.info("Image %s verified by the client; node %s is active again", image_id, ident)
+    return result
+
+
+def _restore_node(run: _Run, poll: float) -> list[str]:
+    """Aborts a failed or waiting service back to ``active`` and powers the
+    node on again if this run powered it off; returns what could not be done."""
     notes: list[str] = []
     conn = run.conn
     if run.serviced:
@@ -574,6 +632,13 @@ def _cleanup(run: _Run, keep_image: bool, poll: float) -> list[str]:
                         f"power node {run.node_id} on again", json={"target": "power on"})
         except SnapshotClientError as exc:
             notes.append(f"node {run.node_id} could not be powered on again: {exc}")
+    return notes
+
+
+def _cleanup(run: _Run, keep_image: bool, poll: float) -> list[str]:
+    """Undoes what the run did; returns what could not be undone."""
+    notes = _restore_node(run, poll)
+    conn = run.conn
     if run.image_id and not keep_image:
         try:
             _call(conn.image, "DELETE", f"/images/{run.image_id}",
@@ -723,9 +788,7 @@ def snapshot_node(
                                   compression=compression if disk_format == "qcow2" else None,
                                   elapsed_seconds=round(run.elapsed(), 1),
                                   glance_endpoint=endpoint)
-        _follow(run, ident, timeout, poll_interval)
-        run.report("verify", "active", None)
-        result = _verify(run, _image(conn, run.image_id), run.node_id, run.image_id)
+        result = _finish(run, ident, timeout, poll_interval)
     except KeyboardInterrupt:
         # The node goes on servicing: deleting the image or credential now
         # would only make it fail. Tell the caller how to follow it.
@@ -754,6 +817,7 @@ def snapshot_node(
     cleanup_notes = []
     try:
         cred.delete_upload_credential(conn, credential)
+        run.credential = None
     except SnapshotClientError as exc:
         cleanup_notes.append(str(exc))
         LOG.warning("The snapshot succeeded but its upload credential could not be deleted "

@@ -223,8 +223,9 @@ class IronicDriver(ironic_driver.IronicDriver):
                 device=None, step_args=args, poll=poll)
             update_task_state(task_state=task_states.IMAGE_UPLOADING,
                               expected_state=task_states.IMAGE_PENDING_UPLOAD)
-            workflow._follow(run, ident, conf.timeout, poll)
-            workflow._verify(run, workflow._image(conn, image_id), run.node_id, image_id)
+            # Verified by the step, or here when its token expired after
+            # Glance stored the data.
+            workflow._finish(run, ident, conf.timeout, poll)
         except SnapshotClientError as exc:
             # Nova deletes the image; the rest is undone here.
             notes = workflow._cleanup(run, True, poll)
