@@ -116,10 +116,13 @@ class SnapshotBaremetalNode(command.ShowOne):
         parser.add_argument("--timeout", metavar="<seconds>", type=int, default=3600,
                             help="Seconds the whole snapshot may take (shutdown, ramdisk "
                                  "boot, capture, checks); also the lifetime of the upload "
-                                 "credential. Its token, minted after the power-off, lives "
-                                 "at most Keystone's [token] expiration (1 h by default): "
-                                 "the agent must start the upload within that (default: "
-                                 "3600)")
+                                 "credential. The real limit is its token: minted after "
+                                 "the power-off, it lives at most Keystone's [token] "
+                                 "expiration (1 h by default), and the agent must start "
+                                 "the upload within that: ramdisk boot plus, for qcow2, "
+                                 "one read of the whole disk (raw starts at once). The "
+                                 "upload may outlast the token: this command then "
+                                 "verifies the image itself (default: 3600)")
         parser.add_argument("--shutdown-timeout", metavar="<seconds>", type=int, default=300,
                             help="Seconds the OS gets to power off cleanly (default: 300)")
         parser.add_argument("--no-clean-shutdown", dest="clean_shutdown",

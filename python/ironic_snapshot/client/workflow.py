@@ -18,7 +18,10 @@ again when it fails:
    (Keystone's ``[token] expiration``) is spent waiting for the OS;
 6. ``service`` with the ``snapshot_disk`` step; follow the node;
 7. verify the image (active, Glance's digests equal to the report the step
-   wrote as properties) and delete the credential.
+   wrote as properties) and delete the credential. When the token expired
+   during the capture, the step fails after Glance stored the data with the
+   report in its message: the image is verified here against it, the report
+   recorded and the node brought back to ``active``.
 
 On failure: the image is deleted (unless ``keep_failed``), the credential is
 deleted, a node in ``service failed`` or ``service wait`` is aborted back to
@@ -733,7 +736,9 @@ def snapshot_node(
     :param timeout: seconds the whole snapshot may take, and the lifetime of
         the upload credential. The token handed to the step is minted after
         the power-off and lives at most Keystone's ``[token] expiration``
-        (1 h by default): the step must start its upload within it.
+        (1 h by default): the step must start its upload within it (ramdisk
+        boot plus, for qcow2, one read of the whole disk). The upload may
+        outlast it: the image is then verified here (:func:`_finish`).
     :param clean_shutdown: ask the OS to power off first (soft power off).
     :param shutdown_timeout: seconds the OS gets to power off.
     :param keep_failed: keep the image of a failed snapshot (for debugging).
