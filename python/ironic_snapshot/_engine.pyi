@@ -39,6 +39,7 @@ def capture(
     insecure: bool = False,
     ca_file: str | PathLike[str] | None = None,
     verify_upload: bool = True,
+    token_source: Callable[[], str] | None = None,
 ) -> dict[str, Any]:
     """Capture the disk ``source`` (block device or image file, opened
     read-only) into an image.
@@ -70,6 +71,12 @@ def capture(
         With ``False`` the caller checks them itself with
         :func:`verify_glance`, for example with a newer token: a Keystone
         token can expire during a long capture, after Glance stored the data.
+    :param token_source: with ``glance_image`` and ``verify_upload=False``:
+        called (from an engine thread, with the GIL) for a new token when
+        the upload starts, which for a qcow2 is only once the whole disk has
+        been read; ``token`` still checks up front that the image is
+        queued. An exception it raises cancels the capture and is re-raised
+        here.
     :returns: the report: ``virtual_size``, ``image_size``, ``bytes_read``,
         ``sha256``, ``sha512``, ``md5``, ``seconds``, ``format``,
         ``compression``, ``level``, ``cluster_size``, ``passes``,

@@ -74,6 +74,11 @@ class GlanceImages:
         # Never show the token, even in a debugger or a traceback.
         return f"GlanceImages({self.endpoint!r})"
 
+    @property
+    def token(self) -> str | None:
+        """The token (for the engine's own requests; never log it)."""
+        return self._token
+
     def with_token(self, token: str | None) -> GlanceImages:
         """The same client with another token (a renewed one)."""
         return GlanceImages(self.endpoint, token, self._verify, self._timeout,

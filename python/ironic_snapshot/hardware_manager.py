@@ -262,6 +262,13 @@ class _GlanceAccess:
         """The token came from the caller (or there is none): it cannot be renewed."""
         return self._credential is None
 
+    def token_source(self) -> Any:
+        """For the engine: a callable giving a new token when the upload
+        starts, or ``None`` when the token cannot be renewed."""
+        if self._credential is None:
+            return None
+        return lambda: self.renewed().token
+
     def renewed(self) -> GlanceImages:
         """The Glance client with a new token of the configured credential.
 
@@ -535,7 +542,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         images = GlanceImages(str(endpoint), token, verify, opts.api_timeout, refused_hint)
         glance = _GlanceAccess(images, credential, auth)
         capture_args = {
-            "token": token, "compression": compression, "level": level,
+            "compression": compression, "level": level,
             "cluster_size": cluster_size, "threads": threads,
             "memory_limit": memory_limit, "skip_free_space": skip_free_space,
             "insecure": insecure,
@@ -600,8 +607,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         return disk_format
 
     def _capture_into(self, glance: _GlanceAccess, image_id: str, disk_format: str,
-                      node: dict[str, Any], device: str, *, token: str | None,
-                      compression: str,
+                      node: dict[str, Any], device: str, *, compression: str,
                       level: int | None, cluster_size: int | str, threads: int,
                       memory_limit: int | str, skip_free_space: bool,
                       insecure: bool, own_image: bool) -> dict[str, Any]:
@@ -617,7 +623,9 @@ class SnapshotHardwareManager(hardware.HardwareManager):
         :class:`ImageStoredUnverifiedError`, whose message carries the report.
         """
         opts = CONF.snapshot
-        images = glance.images
+        # The checks and the image creation before may have taken a while
+        # (a busy Keystone or Glance): start the capture with a new token.
+        images = glance.renewed()
         LOG.info(
             "Snapshot of %(device)s into image %(image)s at %(endpoint)s as "
             "%(format)s (compression %(compression)s)",
@@ -630,7 +638,7 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                 device,
                 glance_image=image_id,
                 glance_endpoint=images.endpoint,
-                token=token,
+                token=images.token,
                 format=disk_format,
                 compression=compression,
                 level=level,
@@ -642,7 +650,10 @@ class SnapshotHardwareManager(hardware.HardwareManager):
                 progress_interval=float(opts.progress_interval),
                 insecure=insecure,
                 ca_file=opts.ca_file,
-                # Checked below, with a renewed token.
+                # A forward-only qcow2 starts its upload only once the
+                # whole disk is read: with a new token where the step can
+                # get one. The digests are checked below, with another.
+                token_source=glance.token_source(),
                 verify_upload=False,
             )
         except exceptions.InvalidInputError as exc:

@@ -12,6 +12,7 @@ mod convert;
 mod errors;
 mod logging;
 mod progress;
+mod token;
 
 /// The `ironic_snapshot._engine` extension module.
 #[pymodule]
@@ -19,6 +20,7 @@ mod _engine {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::path::PathBuf;
     use std::sync::Arc;
+    use std::sync::Mutex;
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
@@ -50,13 +52,14 @@ mod _engine {
         format = "qcow2", compression = "zstd", level = None, cluster_size = SizeArg::Str("64K".into()),
         threads = 0, memory_limit = SizeArg::Str("256M".into()), skip_free_space = true,
         force = false, progress = None, progress_interval = 2.0, insecure = false, ca_file = None,
-        verify_upload = true,
+        verify_upload = true, token_source = None,
     ))]
     #[pyo3(
         text_signature = "(source, output=None, *, glance_image=None, glance_endpoint=None, \
         token=None, format='qcow2', compression='zstd', level=None, cluster_size='64K', threads=0, \
         memory_limit='256M', skip_free_space=True, force=False, progress=None, progress_interval=2.0, \
-        insecure=False, ca_file=None, verify_upload=True)"
+        insecure=False, ca_file=None, verify_upload=True, \
+        token_source=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn capture<'py>(
@@ -79,6 +82,7 @@ mod _engine {
         insecure: bool,
         ca_file: Option<PathBuf>,
         verify_upload: bool,
+        token_source: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let target = match (output, glance_image) {
             (Some(_), Some(_)) => {
@@ -111,6 +115,12 @@ mod _engine {
                 })
             }
         };
+        if token_source.is_some() && (verify_upload || !matches!(target, Target::Glance(_))) {
+            return Err(invalid_input(
+                py,
+                "token_source is for a Glance upload with verify_upload=False: the caller verifies with verify_glance",
+            ));
+        }
         if !(progress_interval.is_finite() && progress_interval >= 0.0) {
             return Err(invalid_input(
                 py,
@@ -139,6 +149,9 @@ mod _engine {
         // is used while the GIL is released, and a panic in the engine is
         // caught here so that it becomes an exception instead of unwinding
         // through the interpreter.
+        let source_error = Arc::new(Mutex::new(None));
+        let mut token_source =
+            token_source.map(|source| crate::token::python_source(source, source_error.clone()));
         let outcome = py.detach(|| {
             catch_unwind(AssertUnwindSafe(|| match &target {
                 // The caller checks Glance's digests itself (verify_glance),
@@ -146,6 +159,10 @@ mod _engine {
                 // Keystone token can expire during a long capture.
                 Target::Glance(glance) if !verify_upload => {
                     snapshot_core::sink::glance::open(glance).and_then(|sink| {
+                        let sink = match token_source.take() {
+                            Some(renew) => sink.with_token_source(renew),
+                            None => sink,
+                        };
                         snapshot_core::capture_into(&source, Box::new(sink), &options, &reporter)
                     })
                 }
@@ -155,6 +172,10 @@ mod _engine {
         // An exception raised by the progress callback cancelled the capture:
         // it is the more useful error to show.
         if let Some(err) = reporter.take_error() {
+            return Err(err);
+        }
+        // So did one raised by the token source (Keystone refused, say).
+        if let Some(err) = crate::token::take(&source_error) {
             return Err(err);
         }
         match outcome {

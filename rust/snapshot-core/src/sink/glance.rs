@@ -55,7 +55,7 @@ use super::Sink;
 use super::http::{self, TlsOptions};
 use crate::digest::Digests;
 use crate::error::{Error, Result};
-use crate::options::GlanceTarget;
+use crate::options::{GlanceTarget, Secret};
 
 /// Service name in messages.
 const SERVICE: &str = "Glance";
@@ -125,11 +125,17 @@ struct Request {
     token: Option<HeaderValue>,
 }
 
+/// Gives the token of the upload when it starts: see
+/// [`GlanceSink::with_token_source`].
+pub type TokenSource = Box<dyn FnMut() -> Result<Secret> + Send>;
+
 /// A forward-only [`Sink`] uploading into one Glance image.
 pub struct GlanceSink {
     image_id: String,
     api: String,
     token: Option<HeaderValue>,
+    /// Renews the token when the upload starts.
+    token_source: Option<TokenSource>,
     meta_client: Client,
     /// The upload not started yet: it starts with the first chunk.
     request: Option<Request>,
@@ -178,6 +184,7 @@ pub fn open(target: &GlanceTarget) -> Result<GlanceSink> {
         image_id: target.image_id.clone(),
         api,
         token: token.clone(),
+        token_source: None,
         meta_client,
         request: Some(Request { client, url, token }),
         tx: None,
@@ -271,6 +278,20 @@ fn upload(
 }
 
 impl GlanceSink {
+    /// Has the upload take a new token from `source` when it starts, instead
+    /// of the target's.
+    ///
+    /// A forward-only qcow2 sends its first byte only once the whole disk has
+    /// been read, which can take longer than a Keystone token lives (its
+    /// `[token] expiration`); a caller that can authenticate again (the
+    /// step's configured credential) gives its login here. The target's token
+    /// still checks up front that the image is queued. An error of `source`
+    /// fails the capture.
+    pub fn with_token_source(mut self, source: TokenSource) -> Self {
+        self.token_source = Some(source);
+        self
+    }
+
     /// Hands the pending bytes to the upload thread.
     fn flush_pending(&mut self) -> Result<()> {
         if self.pending.is_empty() {
@@ -296,7 +317,13 @@ impl GlanceSink {
     }
 
     fn send(&mut self, chunk: Chunk) -> Result<()> {
-        if let Some(request) = self.request.take() {
+        if let Some(mut request) = self.request.take() {
+            if let Some(source) = self.token_source.as_mut() {
+                let token = secret_header(&source()?)?;
+                tracing::debug!(image_id = %self.image_id, "New token for the upload");
+                request.token = Some(token.clone());
+                self.token = Some(token);
+            }
             self.start(request)?;
         }
         let Some(tx) = &self.tx else {
@@ -607,19 +634,17 @@ fn check_image_id(id: &str) -> Result<()> {
 }
 
 fn token_header(target: &GlanceTarget) -> Result<Option<HeaderValue>> {
-    target
-        .token
-        .as_ref()
-        .map(|token| {
-            let mut value =
-                HeaderValue::from_str(token.expose()).map_err(|_| Error::InvalidOption {
-                    option: "token",
-                    reason: "The token holds characters not allowed in an HTTP header".into(),
-                })?;
-            value.set_sensitive(true);
-            Ok(value)
-        })
-        .transpose()
+    target.token.as_ref().map(secret_header).transpose()
+}
+
+/// A token as a header value marked sensitive (never shown by `Debug`).
+fn secret_header(token: &Secret) -> Result<HeaderValue> {
+    let mut value = HeaderValue::from_str(token.expose()).map_err(|_| Error::InvalidOption {
+        option: "token",
+        reason: "The token holds characters not allowed in an HTTP header".into(),
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// GETs an image record.
