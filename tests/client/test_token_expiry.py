@@ -46,11 +46,11 @@ from .test_snapshot_command import _alice_credentials, _node_settled, assert_sam
 #: Seconds a Keystone token lives in this module's cloud. The client's token
 #: must still be valid when the upload starts (minted after the power-off:
 #: the agent's start, the step's checks and a read of the disk come first),
-#: which on a busy 2-core machine took well over 30 s.
-TOKEN_LIFE = 60
+#: which on a busy 2-core machine took more than 60 s.
+TOKEN_LIFE = 90
 #: Bytes a second the agent may send to Glance: the test disk's image
-#: (about 160 MiB of random data) takes some 80 s to upload.
-RATE = 2 * 1024 * 1024
+#: (about 160 MiB of random data) takes some 110 s to upload.
+RATE = 1536 * 1024
 
 
 @pytest.fixture(scope="module")
