@@ -138,8 +138,8 @@ def test_client_verifies_an_image_stored_after_the_step_token_expired(
         agent_log[-4000:]
     assert "service failed" in watch.states, watch.states
     image, data = _judge(cloud, out["image_id"])
-    assert (out["status"], out["sha512"], out["md5"], out["size"]) == (
-        "active", image["os_hash_value"], image["checksum"], len(data))
+    assert (out["status"], out["sha256"], out["md5"], out["size"]) == (
+        "active", image["snapshot_sha256"], image["checksum"], len(data))
     # The client recorded the report the step would have written.
     assert image["snapshot_node"] == node
     assert image["snapshot_device"] == disk.device
