@@ -18,7 +18,9 @@
 #                      IRONIC_SNAPSHOT_IMAGE_ID is set empty: the agent's
 #                      configured credential creates one per run); approve
 #                      the nodes
-#   stack test-config  nothing yet: no tempest test reads a flag of ours
+#   stack test-config  (tempest enabled) the flags of this project's tempest
+#                      plugin: [service_available] ironic_snapshot and
+#                      [baremetal_snapshot] (see the plugin's config.py)
 #   unstack            nothing: the plugin runs no service of its own
 #   clean              remove the built wheel and ramdisk, uninstall
 #
@@ -255,6 +257,37 @@ function configure_ironic_snapshot_runbook {
     fi
 }
 
+# stack test-config: the flags ironic_snapshot.tempest_plugin reads.
+function configure_ironic_snapshot_tempest {
+    local -a step_args=()
+
+    if ! is_service_enabled tempest; then
+        return 0
+    fi
+    iniset "$TEMPEST_CONFIG" service_available ironic_snapshot True
+    iniset "$TEMPEST_CONFIG" baremetal_snapshot glance_endpoint "$(ironic_snapshot_glance_endpoint)"
+    # The runbook scenario runs the runbook on every tempest run: only a
+    # runbook whose step creates its own image (IRONIC_SNAPSHOT_IMAGE_ID set
+    # empty) can run more than once.
+    if [[ -n ${IRONIC_SNAPSHOT_IMAGE_ID+set} && -z $IRONIC_SNAPSHOT_IMAGE_ID ]]; then
+        iniset "$TEMPEST_CONFIG" baremetal_snapshot runbook "$IRONIC_SNAPSHOT_RUNBOOK_NAME"
+    fi
+    if [[ -n $IRONIC_SNAPSHOT_DEVICE ]]; then
+        step_args+=("device:$IRONIC_SNAPSHOT_DEVICE")
+    fi
+    if [[ -n $IRONIC_SNAPSHOT_MEMORY_LIMIT ]]; then
+        step_args+=("memory_limit:$IRONIC_SNAPSHOT_MEMORY_LIMIT")
+    fi
+    if [[ ${#step_args[@]} -gt 0 ]]; then
+        iniset "$TEMPEST_CONFIG" baremetal_snapshot step_args "$(IFS=,; echo "${step_args[*]}")"
+    fi
+    # Which node the scenarios may service is the operator's choice: none by
+    # default (the scenarios are then skipped, saying so).
+    if [[ -n $IRONIC_SNAPSHOT_TEMPEST_NODE ]]; then
+        iniset "$TEMPEST_CONFIG" baremetal_snapshot node "$IRONIC_SNAPSHOT_TEMPEST_NODE"
+    fi
+}
+
 # clean: what install and post-config left behind.
 function cleanup_ironic_snapshot {
     rm -rf "$IRONIC_SNAPSHOT_WHEEL_DIR"
@@ -279,6 +312,9 @@ if is_service_enabled ir-api ir-cond; then
             extra)
                 echo_summary "Registering the ironic-snapshot runbook $IRONIC_SNAPSHOT_RUNBOOK_NAME"
                 configure_ironic_snapshot_runbook
+                ;;
+            test-config)
+                configure_ironic_snapshot_tempest
                 ;;
         esac
     elif [[ $1 == unstack ]]; then

@@ -37,75 +37,16 @@ import pytest
 from tests.functional.helpers import Disk, run
 
 from .conftest import PASSWORD, Cloud, agent_on_demand
+from .operator import Operator, make_operator, write_runbook
 
 #: The runbook (and the trait approving the node for it).
 RUNBOOK = "CUSTOM_SNAPSHOT_AGENT_CONFIG"
 #: A runbook whose capture fails after the step created its image.
 FAILING_RUNBOOK = "CUSTOM_SNAPSHOT_AGENT_CONFIG_FAILS"
-#: What the operator's application credential may do, and nothing more.
-ACCESS_RULES = [
-    {"service": "image", "method": "POST", "path": "/v2/images"},
-    {"service": "image", "method": "GET", "path": "/v2/images/*"},
-    {"service": "image", "method": "PUT", "path": "/v2/images/*/file"},
-    {"service": "image", "method": "PATCH", "path": "/v2/images/*"},
-    {"service": "image", "method": "DELETE", "path": "/v2/images/*"},
-]
-NAME_TEMPLATE = "runbook-{node_name}-{timestamp}"
-
-
-class Operator:
-    """The operator project, its user and the credential for the agents."""
-
-    def __init__(self, project: str, user: str, credential_id: str, secret: str):
-        self.project = project
-        self.user = user
-        self.credential_id = credential_id
-        self.secret = secret
-
-    def agent_conf(self, cloud: Cloud, *, secret: str | None = None) -> dict[str, dict[str, str]]:
-        """The ``[snapshot]`` section the operator writes into the agent's config."""
-        return {"snapshot": {
-            "auth_url": cloud.keystone.auth_url,
-            "application_credential_id": self.credential_id,
-            "application_credential_secret": secret or self.secret,
-            # No glance_endpoint: the step takes it from the token's catalog.
-            "interface": "public",
-            "image_name_template": NAME_TEMPLATE,
-            "image_properties": "purpose:fleet-backup,site:lab1",
-        }}
-
-
 @pytest.fixture(scope="module")
 def operator(cloud: Cloud) -> Operator:
-    keystone = cloud.keystone
-    project = keystone.create_project("snapshots")
-    user = keystone.create_user("snapshot-operator", PASSWORD, project=project, role="member")
-    token = keystone.password_token("snapshot-operator", PASSWORD, project="snapshots")
-    body = keystone.api("POST", f"/v3/users/{user}/application_credentials", {
-        "application_credential": {
-            "name": "ironic-snapshot-agents",
-            "description": "Agents of the snapshot runbook: image calls only",
-            "unrestricted": False,
-            "access_rules": ACCESS_RULES,
-        }}, token=token)["application_credential"]
-    return Operator(project, user, body["id"], body["secret"])
-
-
-def _write_runbook(cloud: Cloud, node: str, name: str, args: dict[str, Any],
-                   folder: Path) -> dict[str, Any]:
-    """Creates runbook ``name`` with the real CLI and approves ``node`` for it."""
-    steps = folder / f"{name}.json"
-    steps.write_text(json.dumps([{"interface": "deploy", "step": "snapshot_disk",
-                                  "args": args, "order": 1}]))
-    if cloud.ironic.cli("runbook", "list", "-f", "value", "-c", "Name").split().count(name):
-        cloud.ironic.cli("runbook", "delete", name)
-    book = json.loads(cloud.ironic.cli("runbook", "create", "--name", name,
-                                       "--steps", str(steps), "-f", "json"))
-    # From API 1.112 a runbook lists the traits approving nodes; before, its
-    # name must be one of the node's traits. Do both.
-    cloud.ironic.cli("runbook", "trait", "add", name, name, check=False)
-    cloud.ironic.cli("node", "add", "trait", node, name)
-    return book
+    """The operator project, its user and the agents' credential."""
+    return make_operator(cloud)
 
 
 @pytest.fixture
@@ -152,7 +93,7 @@ def test_runbook_snapshots_with_the_agent_configured_credential(
     before = {image["id"] for image in cloud.images()}
     # Only the disk, and byte-for-byte capture so qemu-img compare can judge
     # it: no image id, no endpoint, no credential.
-    book = _write_runbook(cloud, node, RUNBOOK,
+    book = write_runbook(cloud, node, RUNBOOK,
                           {"device": disk.device, "skip_free_space": False}, tmp_path)
     assert set(book["steps"][0]["args"]) == {"device", "skip_free_space"}
 
@@ -216,7 +157,7 @@ def test_runbook_snapshots_with_the_agent_configured_credential(
 def test_wrong_secret_fails_clearly_and_leaves_no_image(
         cloud: Cloud, node: str, disk: Disk, operator: Operator, settled: None,
         tmp_path: Path) -> None:
-    _write_runbook(cloud, node, RUNBOOK, {"device": disk.device}, tmp_path)
+    write_runbook(cloud, node, RUNBOOK, {"device": disk.device}, tmp_path)
     before = {image["id"] for image in cloud.images()}
     wrong = "wrong-" + operator.secret[::-1]
     record, agent_log = _run_runbook(cloud, node, RUNBOOK,
@@ -239,7 +180,7 @@ def test_capture_failing_after_creation_deletes_the_image(
     # A memory limit the option checks accept (they run before the image is
     # made) but too small for this disk's qcow2 metadata, which the engine
     # only knows once it has scanned the disk, after the image exists.
-    _write_runbook(cloud, node, FAILING_RUNBOOK,
+    write_runbook(cloud, node, FAILING_RUNBOOK,
                    {"device": disk.device, "memory_limit": "16K"}, tmp_path)
     before = {image["id"] for image in cloud.images()}
     record, agent_log = _run_runbook(cloud, node, FAILING_RUNBOOK, operator.agent_conf(cloud),
@@ -259,7 +200,7 @@ def test_password_credential_and_explicit_glance_endpoint(
         cloud: Cloud, node: str, disk: Disk, operator: Operator, settled: None,
         tmp_path: Path) -> None:
     """The other credential form: a user's password scoped to the operator project."""
-    _write_runbook(cloud, node, RUNBOOK, {"device": disk.device}, tmp_path)
+    write_runbook(cloud, node, RUNBOOK, {"device": disk.device}, tmp_path)
     before = {image["id"] for image in cloud.images()}
     conf = {"snapshot": {
         "auth_url": cloud.keystone.auth_url + "/",

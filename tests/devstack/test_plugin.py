@@ -114,8 +114,13 @@ def test_full_stack_builds_wheel_ramdisk_and_runbook(
     assert calls[3][:3] == ["baremetal", "node", "list"]
     assert calls[4:] == [["baremetal", "node", "add", "trait", n, "CUSTOM_SNAPSHOT_DISK"] for n in NODES]
 
-    # test-config: no tempest flag that no test reads, even with tempest enabled.
-    assert not r.of("iniset")
+    # test-config: the tempest plugin's flags (no runbook: this runbook fills
+    # one image, so it cannot run on every tempest run).
+    assert [c["args"][1:] for c in r.of("iniset")] == [
+        ["service_available", "ironic_snapshot", "True"],
+        ["baremetal_snapshot", "glance_endpoint", "http://192.0.2.10/image"],
+        ["baremetal_snapshot", "step_args", "memory_limit:256M"],
+    ]
     assert not r.of("die")
 
 
@@ -283,7 +288,29 @@ def test_no_glance_endpoint_is_explained(harness: Harness) -> None:
     assert "IRONIC_SNAPSHOT_GLANCE_ENDPOINT" in r.of("die")[0]["args"][0]
 
 
-def test_test_config_writes_no_tempest_flag(harness: Harness) -> None:
+def test_test_config_writes_the_flags_the_tempest_plugin_reads(harness: Harness) -> None:
+    from ironic_snapshot.tempest_plugin import config
+
+    r = harness.run("stack:test-config", IRONIC_SNAPSHOT_IMAGE_ID="",
+                    IRONIC_SNAPSHOT_DEVICE="/dev/sdb", IRONIC_SNAPSHOT_TEMPEST_NODE="node-1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = r.of("iniset")
+    assert {c["args"][0] for c in calls} == {str(harness.dest / "tempest" / "etc" / "tempest.conf")}
+    assert [c["args"][1:] for c in calls] == [
+        ["service_available", "ironic_snapshot", "True"],
+        ["baremetal_snapshot", "glance_endpoint", "http://192.0.2.10/image"],
+        ["baremetal_snapshot", "runbook", "CUSTOM_SNAPSHOT_DISK"],
+        ["baremetal_snapshot", "step_args", "device:/dev/sdb,memory_limit:256M"],
+        ["baremetal_snapshot", "node", "node-1"],
+    ]
+    # Every flag written is an option the plugin registers.
+    known = {("service_available", config.service_available_option.name)} | {
+        (config.snapshot_group.name, o.name) for o in config.snapshot_options}
+    assert {(c["args"][1], c["args"][2]) for c in calls} <= known
+
+
+def test_test_config_writes_nothing_without_tempest(harness: Harness) -> None:
+    harness.services = ["ir-api", "ir-cond", "glance"]
     r = harness.run("stack:test-config")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not r.of("iniset")

@@ -21,7 +21,7 @@ PACKAGE = REPO / "python" / "ironic_snapshot"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 #: Sub-packages whose imports an extra provides.
-EXTRA_OF = {"client": "client", "nova": "nova"}
+EXTRA_OF = {"client": "client", "nova": "nova", "tempest_plugin": "tempest"}
 #: Modules of the Nova driver that the test venv lacks (Nova lives in the
 #: separate .venv-nova of tests/stack/nova.py), with their distribution.
 NOT_IN_TEST_VENV = {"nova": "nova"}

@@ -133,7 +133,8 @@ class AgentWatch:
 def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
                     on_service: Any = None,
                     agent_conf: dict[str, dict[str, str]] | None = None,
-                    agent_env: Mapping[str, str] | None = None) -> Iterator[AgentWatch]:
+                    agent_env: Mapping[str, str] | None = None,
+                    per_service: bool = False) -> Iterator[AgentWatch]:
     """Starts a fresh agent when ``node`` waits for one; stops it on exit.
 
     :param on_service: called once with the node record when the node is
@@ -141,6 +142,9 @@ def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
     :param agent_conf: sections merged into the agent's config file, such as
         the operator's ``[snapshot]`` credential.
     :param agent_env: environment variables added to the agent's.
+    :param per_service: stop the agent whenever the node is ``active`` again,
+        so that every service (several in one watch, as a tempest run makes)
+        gets a fresh agent, as a real ramdisk boot would.
     """
     watch = AgentWatch()
     stop = threading.Event()
@@ -163,6 +167,8 @@ def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
                 if on_service is not None and not called:
                     called = True
                     on_service(record)
+            if per_service and state == "active" and contexts:
+                contexts.pop().__exit__(None, None, None)
             if state == "service wait" and not contexts:
                 context = start_ipa(workdir, ironic.endpoint, extra_conf=agent_conf, env=agent_env)
                 watch.agents.append(context.__enter__())
