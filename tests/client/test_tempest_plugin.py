@@ -108,7 +108,7 @@ def _outcomes(output: str) -> dict[str, str]:
     """Scenario name -> ``ok``, ``FAILED`` or ``SKIPPED: reason`` from tempest's output."""
     found = {}
     for name, outcome in re.findall(
-            r"SnapshotDiskTest\.(test_\w+)\[[^\]]*\] (?:\[[\d.]+s\] )?\.\.\. (ok|FAILED|SKIPPED: .*)",
+            r"SnapshotDiskTest\.(test_\w+)(?:\[[^\]]*\])? (?:\[[\d.]+s\] )?\.\.\. (ok|FAILED|SKIPPED: .*)",
             output):
         found[name] = outcome
     return found
