@@ -36,11 +36,10 @@ from .test_runbook_agent_config import (  # noqa: F401 - fixtures bound to this 
     RUNBOOK,
     _owned_by,
     _run_runbook,
-    _write_runbook,
     operator,
     settled,
 )
-from .test_runbook_agent_config import Operator
+from .operator import Operator, write_runbook
 from .test_snapshot_command import _alice_credentials, _node_settled, assert_same_files
 
 #: Seconds a Keystone token lives in this module's cloud. The client's token
@@ -95,7 +94,7 @@ def test_runbook_step_renews_its_token_after_a_long_upload(
         slow_glance: ThrottleProxy, tmp_path: Path) -> None:
     sha_before = disk.sha256()
     before = {image["id"] for image in cloud.images()}
-    _write_runbook(cloud, node, RUNBOOK, {"device": disk.device, "skip_free_space": False},
+    write_runbook(cloud, node, RUNBOOK, {"device": disk.device, "skip_free_space": False},
                    tmp_path)
     conf = operator.agent_conf(cloud)
     conf["snapshot"]["glance_endpoint"] = slow_glance.endpoint
