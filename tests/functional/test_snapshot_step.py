@@ -221,10 +221,15 @@ def test_glance_killed_during_upload(ironic: IronicServer, node: str, disk: Disk
                     started = stamps(log, "Capture started")
                     beaten = started and any(
                         t > started[0] for t in stamps(log, "sleeping before next heartbeat"))
+                    # "Image written" counts bytes handed to the upload; the
+                    # PUT reaches Glance a moment later: wait until Glance
+                    # itself says the data is arriving.
                     if WRITTEN.search(log) and beaten:
-                        seen.append(doomed.get_image(image["id"])["status"])
-                        doomed.kill()
-                        return
+                        status = doomed.get_image(image["id"])["status"]
+                        if status == "saving":
+                            seen.append(status)
+                            doomed.kill()
+                            return
                     time.sleep(0.1)
             threading.Thread(target=watch, daemon=True).start()
 
