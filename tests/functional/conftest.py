@@ -18,7 +18,7 @@ from tests.stack.glance import GlanceServer, start_glance
 from tests.stack.ironic import IronicServer, host_mac, start_ironic
 
 from . import fixtures
-from .helpers import Disk
+from .helpers import Disk, abort_to_active
 
 # Shared with tests/client, bound here so that pytest finds them: the
 # requirement check (autouse) and the test disk.
@@ -44,3 +44,15 @@ def ironic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IronicServer]:
 def node(ironic: IronicServer, disk: Disk) -> str:
     """An ``active`` fake-hardware node whose root device is the test disk."""
     return ironic.create_active_node("snap-node", mac=host_mac(), root_device=disk.device)
+
+
+@pytest.fixture(autouse=True)
+def node_back_to_active(ironic: IronicServer, node: str) -> Iterator[None]:
+    """After each test: a node a failed test left in ``service failed`` is aborted back.
+
+    So that one failing test does not make the next one service a failed node
+    (Ironic accepts ``service`` from ``service failed``).
+    """
+    yield
+    if ironic.node(node)["provision_state"] == "service failed":
+        abort_to_active(ironic, node)
