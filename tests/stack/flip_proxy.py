@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 
-from tests.stack.glance import free_port
+from tests.stack.loopback_proxy import CHUNK, LoopbackProxy, running
 
 
-class FlipProxy:
+class FlipProxy(LoopbackProxy):
     """The running proxy.
 
     :ivar endpoint: ``http://127.0.0.1:PORT``, to give the step as its Glance endpoint.
@@ -28,42 +27,12 @@ class FlipProxy:
     """
 
     def __init__(self, upstream_port: int, flip_at: int) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        super().__init__(upstream_port)
         self.flipped = 0
-        self._upstream_port = upstream_port
         self._flip_at = flip_at
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
 
-    def serve(self) -> None:
-        self._listener.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
-            for target, args in ((self._pipe, (upstream, client)),
-                                 (self._requests, (client, upstream))):
-                thread = threading.Thread(target=target, args=args, daemon=True)
-                thread.start()
-                self._threads.append(thread)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
+    def _relays(self, client: socket.socket, upstream: socket.socket):
+        return [(self._pipe, (upstream, client)), (self._requests, (client, upstream))]
 
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
         reader = client.makefile("rb")
@@ -109,7 +78,7 @@ class FlipProxy:
               offset: int) -> int:
         """Forwards ``size`` body bytes starting at body ``offset``; returns the new offset."""
         while size:
-            data = bytearray(reader.read(min(size, 65536)))
+            data = bytearray(reader.read(min(size, CHUNK)))
             if not data:
                 raise OSError("client went away")
             at = self._flip_at - offset
@@ -126,11 +95,5 @@ class FlipProxy:
 def flip_proxy(upstream_port: int, *, flip_at: int) -> Iterator[FlipProxy]:
     """A :class:`FlipProxy` in front of ``127.0.0.1:upstream_port``, flipping
     the lowest bit of upload body byte ``flip_at``."""
-    proxy = FlipProxy(upstream_port, flip_at)
-    thread = threading.Thread(target=proxy.serve, daemon=True)
-    thread.start()
-    try:
+    with running(FlipProxy(upstream_port, flip_at)) as proxy:
         yield proxy
-    finally:
-        proxy.close()
-        thread.join(timeout=5)

@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
-from tests.stack.glance import free_port
+from tests.stack.loopback_proxy import CHUNK, LoopbackProxy, running
 
 __all__ = ["ThrottleProxy", "throttle_proxy"]
 
-#: Bytes forwarded at a time.
-CHUNK = 64 * 1024
-
-
-class ThrottleProxy:
+class ThrottleProxy(LoopbackProxy):
     """The running proxy.
 
     :ivar endpoint: ``http://127.0.0.1:PORT``, what clients are given instead
@@ -32,39 +27,19 @@ class ThrottleProxy:
     """
 
     def __init__(self, upstream_port: int, rate: float) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        super().__init__(upstream_port)
         self.sent = 0
         self._rate = rate
-        self._upstream_port = upstream_port
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._stop = threading.Event()
 
-    def serve(self) -> None:
-        self._listener.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
-            for target, args in ((self._pipe, (upstream, client, None)),
-                                 (self._pipe, (client, upstream, self._rate))):
-                threading.Thread(target=target, args=args, daemon=True).start()
+    def _relays(self, client: socket.socket, upstream: socket.socket):
+        return [(self._pipe, (upstream, client)), (self._throttled, (client, upstream))]
 
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, rate: float | None) -> None:
+    def _throttled(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(CHUNK):
                 sink.sendall(data)
-                if rate is not None:
-                    self.sent += len(data)
-                    time.sleep(len(data) / rate)
+                self.sent += len(data)
+                time.sleep(len(data) / self._rate)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
@@ -73,11 +48,5 @@ class ThrottleProxy:
 def throttle_proxy(upstream_port: int, *, rate: float) -> Iterator[ThrottleProxy]:
     """A :class:`ThrottleProxy` in front of ``127.0.0.1:upstream_port`` passing
     at most ``rate`` bytes per second from each client to the upstream."""
-    proxy = ThrottleProxy(upstream_port, rate)
-    thread = threading.Thread(target=proxy.serve, daemon=True)
-    thread.start()
-    try:
+    with running(ThrottleProxy(upstream_port, rate)) as proxy:
         yield proxy
-    finally:
-        proxy.close()
-        thread.join(timeout=5)
