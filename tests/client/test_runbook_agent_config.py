@@ -27,14 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.functional.helpers import Disk, run
+from tests.functional.helpers import Disk, assert_image_restores, run
 
 from .conftest import PASSWORD, Cloud, agent_on_demand
 from .operator import Operator, make_operator, write_runbook
@@ -123,13 +122,7 @@ def test_runbook_snapshots_with_the_agent_configured_credential(
     assert image["snapshot_sha512"] == hashlib.sha512(data).hexdigest()
     assert image["snapshot_sha256"] == hashlib.sha256(data).hexdigest()
     assert image["size"] == len(data) == int(image["snapshot_image_size"])
-    qcow2 = tmp_path / "snapshot.qcow2"
-    qcow2.write_bytes(data)
-    run("qemu-img", "check", "-q", str(qcow2))
-    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(qcow2),
-                              str(disk.image)], capture_output=True, text=True, timeout=300)
-    assert compare.returncode == 0, compare.stdout + compare.stderr
-    assert "Images are identical" in compare.stdout
+    assert_image_restores(data, disk, tmp_path)
     assert disk.sha256() == sha_before, "the disk changed"
 
     # The secret is nowhere: not in the agent's or Ironic's log, the node or

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.functional.helpers import Disk, run
+from tests.functional.helpers import Disk, assert_image_restores, run
 from tests.stack.throttle import ThrottleProxy, throttle_proxy
 
 from .conftest import Cloud, agent_on_demand, build_cloud
@@ -106,13 +105,7 @@ def test_runbook_step_renews_its_token_after_a_long_upload(
     assert len(new) == 1, new
     image, data = _judge(cloud, new[0]["id"])
     assert slow_glance.sent >= len(data)
-    qcow2 = tmp_path / "snapshot.qcow2"
-    qcow2.write_bytes(data)
-    run("qemu-img", "check", "-q", str(qcow2))
-    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(qcow2),
-                              str(disk.image)], capture_output=True, text=True, timeout=300)
-    assert compare.returncode == 0, compare.stdout + compare.stderr
-    assert "Images are identical" in compare.stdout
+    assert_image_restores(data, disk, tmp_path)
     assert disk.sha256() == sha_before, "the disk changed"
     assert operator.secret not in agent_log
 

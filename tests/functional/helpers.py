@@ -51,6 +51,17 @@ def run(*args: str) -> str:
     return result.stdout
 
 
+def assert_image_restores(data: bytes, disk: Disk, folder: Path) -> None:
+    """The qcow2 image ``data`` passes ``qemu-img check`` and is identical to ``disk``."""
+    qcow2 = folder / "snapshot.qcow2"
+    qcow2.write_bytes(data)
+    run("qemu-img", "check", "-q", str(qcow2))
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(qcow2),
+                              str(disk.image)], capture_output=True, text=True, timeout=300)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert "Images are identical" in compare.stdout
+
+
 def sha256_file(path: Path | str) -> str:
     """SHA-256 of a file or device, read in 4 MiB blocks."""
     digest = hashlib.sha256()
