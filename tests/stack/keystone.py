@@ -312,19 +312,31 @@ def start_keystone(workdir: Path, *, port: int | None = None, workers: int = 2,
 
     manage = [str(venv_bin() / "keystone-manage"), "--config-file", str(conf)]
     password = secrets.token_hex(16)
-    for args in (["db_sync"],
-                 ["fernet_setup", "--keystone-user", "root", "--keystone-group", "root"],
-                 ["receipt_setup", "--keystone-user", "root", "--keystone-group", "root"],
-                 ["credential_setup", "--keystone-user", "root", "--keystone-group", "root"],
-                 ["bootstrap", f"--bootstrap-password={password}",
-                  "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
-                  "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
-                  "--bootstrap-region-id", REGION, "--bootstrap-admin-url", endpoint,
-                  "--bootstrap-public-url", endpoint, "--bootstrap-internal-url", endpoint]):
-        result = subprocess.run(manage + args, cwd=workdir, capture_output=True, text=True,
-                                timeout=300)
-        if result.returncode != 0:
-            raise RuntimeError(f"keystone-manage {args[0]} failed: {result.stderr[-2000:]}")
+    def manage_all(*commands: list[str]) -> None:
+        # Started together: each is a Python process that spends most of its
+        # seconds importing Keystone, and none needs another's result.
+        running = [(args[0], subprocess.Popen(manage + args, cwd=workdir, text=True,
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE))
+                   for args in commands]
+        failed = []
+        for name, process in running:
+            _, stderr = process.communicate(timeout=300)
+            if process.returncode != 0:
+                failed.append(f"keystone-manage {name} failed: {stderr[-2000:]}")
+        if failed:
+            raise RuntimeError("\n".join(failed))
+
+    # The key repositories do not touch the database: made while it syncs.
+    manage_all(["db_sync"],
+               ["fernet_setup", "--keystone-user", "root", "--keystone-group", "root"],
+               ["receipt_setup", "--keystone-user", "root", "--keystone-group", "root"],
+               ["credential_setup", "--keystone-user", "root", "--keystone-group", "root"])
+    manage_all(["bootstrap", f"--bootstrap-password={password}",
+                "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
+                "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
+                "--bootstrap-region-id", REGION, "--bootstrap-admin-url", endpoint,
+                "--bootstrap-public-url", endpoint, "--bootstrap-internal-url", endpoint])
 
     env = dict(os.environ, OS_KEYSTONE_CONFIG_DIR=str(conf_dir))
     # Keystone parses sys.argv with oslo.config and refuses gunicorn's own
