@@ -148,3 +148,26 @@ def test_an_operators_maintenance_is_left_alone() -> None:
     notes = workflow._cleanup(run, True, poll=0)
     assert ("DELETE", "/nodes/n1/maintenance") not in node.calls
     assert notes and "could not be aborted" in notes[0], notes
+
+
+class _GlanceDown:
+    """An image service that cannot be reached (killed, restarting)."""
+
+    def request(self, url: str, method: str, **kwargs: Any) -> _Response:
+        from keystoneauth1 import exceptions as ks_exc
+
+        raise ks_exc.ConnectFailure("Connection refused")
+
+
+def test_glance_down_while_servicing_does_not_end_the_follow() -> None:
+    # The node, not the image, says how the step goes: with Glance down the
+    # follow goes on to the step's outcome (here a failure), so that the
+    # node is not left servicing where it could not be aborted.
+    conn = _Conn([("service wait", "active"), ("servicing", "active"),
+                  ("service failed", "active")])
+    conn.image = _GlanceDown()  # type: ignore[attr-defined]
+    run = workflow._Run(conn, None)
+    run.node_id, run.image_id = "n1", "img-1"
+    with pytest.raises(workflow.StepFailedError):
+        workflow._follow(run, "n1", timeout=60, poll=0)
+    assert conn.baremetal.states == [("service failed", "active")]

@@ -841,7 +841,17 @@ def _follow(run: _Run, ident: str, timeout: float, poll: float) -> None:
         # database must not abort it.
         record = _node(run.conn, run.node_id, attempts=NODE_READ_ATTEMPTS, pause=poll)
         state, target = record.get("provision_state"), record.get("target_provision_state")
-        image = _image(run.conn, run.image_id) if run.image_id else None
+        image = None
+        if run.image_id:
+            try:
+                image = _image(run.conn, run.image_id)
+            except ImageError as exc:
+                # The node says how the step goes; the image only shows
+                # progress. A Glance down for a moment (restarted, or
+                # killed under the step's upload, which then fails) must
+                # not end the follow with the node still servicing, where
+                # it could not be aborted.
+                LOG.warning("Following the snapshot of node %s: %s", ident, exc)
         run.report("service", state, image.get("status") if image else None)
         if state in SERVICE_STATES:
             seen_service = True
