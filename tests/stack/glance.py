@@ -65,6 +65,9 @@ class GlanceServer:
         self.log_path = workdir / "glance.log"
         self.store_dir = workdir / "images"
         self._token = token
+        #: How start_glance starts the process and waits for it (for restart).
+        self._spawn: Callable[[], subprocess.Popen] | None = None
+        self._wait_ready: Callable[[], None] | None = None
 
     # -- REST helpers -----------------------------------------------------------------
 
@@ -144,6 +147,17 @@ class GlanceServer:
         """Stops Glance: SIGTERM to its process group, SIGKILL if it lingers."""
         stop_process_group(self.process, timeout=15, reap_group=True)
 
+    def restart(self) -> None:
+        """Starts Glance again (after :meth:`kill`) on the same port, config and data.
+
+        As a service manager restarts a crashed Glance: whatever it was
+        doing when it died (an image ``saving``) stays as the database says.
+        """
+        assert self._spawn is not None and self._wait_ready is not None, "not from start_glance"
+        self.kill()
+        self.process = self._spawn()
+        self._wait_ready()
+
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of Glance's log, for assertion messages."""
         return read_log_tail(self.log_path, lines)
@@ -200,19 +214,27 @@ def start_glance(workdir: Path, *, flavor: str = "", token: str | Callable[[], s
     subprocess.run([str(bin_dir / "glance-manage"), "--config-file", str(conf), "db_sync"],
                    check=True, env=env, cwd=workdir, stdout=subprocess.DEVNULL,
                    stderr=subprocess.PIPE)
-    stderr_log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed by the process end
-    process = subprocess.Popen(
-        [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-         # Uploads of big images take longer than gunicorn's default 30 s.
-         "--timeout", "3600", "glance.wsgi.api:application"],
-        env=env, cwd=workdir, stdout=stderr_log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = GlanceServer(f"http://127.0.0.1:{port}", workdir, process, token)
-    try:
-        wait_until_ready("Glance", port, process,
+    stderr_log = open(workdir / "gunicorn.log", "ab")  # noqa: SIM115 - closed by the process end
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(bin_dir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+             # Uploads of big images take longer than gunicorn's default 30 s.
+             "--timeout", "3600", "glance.wsgi.api:application"],
+            env=env, cwd=workdir, stdout=stderr_log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    server = GlanceServer(f"http://127.0.0.1:{port}", workdir, spawn(), token)
+
+    def wait_ready() -> None:
+        wait_until_ready("Glance", port, server.process,
                          lambda: server.request("GET", "/v2/images?limit=1")[0] < 500,
                          timeout=START_TIMEOUT, interval=0.3, output=workdir / "gunicorn.log")
+
+    server._spawn, server._wait_ready = spawn, wait_ready
+    try:
+        wait_ready()
         yield server
     finally:
         server.stop()

@@ -134,7 +134,8 @@ def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
                     on_service: Any = None,
                     agent_conf: dict[str, dict[str, str]] | None = None,
                     agent_env: Mapping[str, str] | None = None,
-                    per_service: bool = False) -> Iterator[AgentWatch]:
+                    per_service: bool = False,
+                    wait_states: tuple[str, ...] = ("service wait",)) -> Iterator[AgentWatch]:
     """Starts a fresh agent when ``node`` waits for one; stops it on exit.
 
     :param on_service: called once with the node record when the node is
@@ -145,6 +146,8 @@ def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
     :param per_service: stop the agent whenever the node is ``active`` again,
         so that every service (several in one watch, as a tempest run makes)
         gets a fresh agent, as a real ramdisk boot would.
+    :param wait_states: the states in which the node waits for an agent
+        (``deploy wait`` for a deploy through the ``direct`` interface).
     """
     watch = AgentWatch()
     stop = threading.Event()
@@ -169,7 +172,7 @@ def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
                     on_service(record)
             if per_service and state == "active" and contexts:
                 contexts.pop().__exit__(None, None, None)
-            if state == "service wait" and not contexts:
+            if state in wait_states and not contexts:
                 context = start_ipa(workdir, ironic.endpoint, extra_conf=agent_conf, env=agent_env)
                 watch.agents.append(context.__enter__())
                 contexts.append(context)
