@@ -5,7 +5,7 @@ from collections.abc import Callable
 from os import PathLike
 from typing import Any, Final, Literal, TypedDict, type_check_only
 
-__all__ = ["VERSION", "capture", "check_options", "verify_glance"]
+__all__ = ["VERSION", "capture", "check_options", "provenance_properties", "verify_glance"]
 
 VERSION: Final[str]
 """Version of the engine, recorded in every report."""
@@ -110,6 +110,32 @@ def check_options(
     :param memory_limit: bytes, a string like ``"512M"``, or ``"auto"``.
     :raises ironic_snapshot.InvalidInputError: a value (or its type) is
         wrong; the message names the option and what to use.
+    """
+
+def provenance_properties(
+    report: dict[str, Any],
+    *,
+    node: str | None = None,
+    device: str | None = None,
+    parent_image: str | None = None,
+) -> dict[str, str]:
+    """The ``snapshot_*`` image properties of a capture, with its provenance record.
+
+    The report's sizes, digests, format, compression, cluster size, seconds
+    and tool version, the source (``snapshot_node``, ``snapshot_device``,
+    ``snapshot_source_image``), ``snapshot_captured_at`` (now, UTC), and the
+    record of all of them: canonical JSON (sorted keys, no spaces) split
+    into ``snapshot_provenance_1``, ``_2``... of at most 255 characters,
+    whose SHA-256 is ``snapshot_provenance_sha256``. ``ironic-snapshot
+    verify`` finds any of these properties edited afterwards. The one
+    builder of these properties; the CLI's Glance upload writes the same.
+
+    :param report: a report of :func:`capture`.
+    :param node: the Ironic node UUID.
+    :param device: the device captured.
+    :param parent_image: the image the node was deployed from.
+    :returns: property names and string values.
+    :raises ironic_snapshot.InvalidInputError: the report is not JSON-able.
     """
 
 def verify_glance(

@@ -729,25 +729,14 @@ class SnapshotHardwareManager(hardware.HardwareManager):
 
     @staticmethod
     def _report_properties(report: dict[str, Any], node: dict[str, Any], device: str) -> dict[str, str]:
-        """The report as ``snapshot_*`` image properties (strings only)."""
-        properties = {
-            "sha256": report["sha256"],
-            "sha512": report["sha512"],
-            "md5": report["md5"],
-            "virtual_size": report["virtual_size"],
-            "image_size": report["image_size"],
-            "bytes_read": report["bytes_read"],
-            "seconds": f"{report['seconds']:.3f}",
-            "format": report["format"],
-            "compression": report["compression"],
-            "cluster_size": report["cluster_size"],
-            "tool_version": report["tool_version"],
-            "node": node.get("uuid"),
-            "device": device,
-            "source_image": (node.get("instance_info") or {}).get("image_source"),
-        }
-        return {
-            PROPERTY_PREFIX + name: str(value)
-            for name, value in properties.items()
-            if value is not None
-        }
+        """The report as ``snapshot_*`` image properties with their provenance record.
+
+        Built by the engine (``provenance_properties``), the one builder the
+        CLI's Glance upload uses too, so that ``ironic-snapshot verify``
+        finds any of these properties edited after the snapshot.
+        """
+        engine = importlib.import_module("ironic_snapshot._engine")
+        properties: dict[str, str] = engine.provenance_properties(
+            report, node=node.get("uuid"), device=device,
+            parent_image=(node.get("instance_info") or {}).get("image_source"))
+        return properties

@@ -210,17 +210,23 @@ def test_input_problems_and_raw(cli_binary: Path, tmp_path: Path) -> None:
 # -- Glance ------------------------------------------------------------------------------
 
 
-def test_glance_image_by_id_and_url_and_edited_property(cli_binary: Path, captured: tuple[Path, Path], glance) -> None:
-    """An image in a real Glance with the snapshot_* properties the service step writes:
-    it passes; a property edited after the snapshot makes it fail, naming the property."""
-    image, report_path = captured
-    report = json.loads(report_path.read_text())
-    properties = {f"snapshot_{key}": str(report[key])
-                  for key in ("sha256", "sha512", "md5", "virtual_size", "image_size", "bytes_read",
-                              "format", "tool_version")}
-    record = glance.create_image("verify", disk_format="qcow2", **properties)
-    assert glance.upload(record["id"], image.read_bytes()) == 204
+def test_glance_image_by_id_and_url_and_edited_property(cli_binary: Path, make_disk, tmp_path: Path,
+                                                         glance) -> None:
+    """An image the CLI captured into a real Glance, with the snapshot_* properties and the
+    provenance record it writes (the service step writes the same): it passes; a property
+    edited after the snapshot makes it fail, naming the property."""
+    disk = make_disk(size_mib=64, random_mib=2)
+    report_path = tmp_path / "disk.json"
+    record = glance.create_image("verify", disk_format="qcow2")
     endpoint = ("--glance-endpoint", glance.endpoint)
+    proc = cli(cli_binary, "capture", disk.path, "--glance-image", record["id"], *endpoint,
+               "--report", report_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(report_path.read_text())
+    stored = glance.get_image(record["id"])
+    assert stored["snapshot_sha256"] == report["sha256"]
+    assert stored["snapshot_device"] == str(disk.path) and "snapshot_node" not in stored
+    assert stored["snapshot_provenance_sha256"] and stored["snapshot_captured_at"]
     proc = verify(cli_binary, "--glance-image", record["id"], *endpoint, "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict = json.loads(proc.stdout)
@@ -232,26 +238,48 @@ def test_glance_image_by_id_and_url_and_edited_property(cli_binary: Path, captur
 
     def edit(name: str, value: str) -> None:
         status, body = glance.request("PATCH", f"/v2/images/{record['id']}",
-                                      [{"op": "replace", "path": f"/{name}", "value": value}],
+                                      [{"op": "add", "path": f"/{name}", "value": value}],
                                       content_type="application/openstack-images-v2.1-json-patch")
         assert status == 200, body
+
+    def edited(name: str, value: str, original: str) -> str:
+        return (f'Property {name} is "{value}", the provenance record says "{original}": '
+                "it was edited after the snapshot")
 
     edit("snapshot_sha256", "ab" * 32)
     proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
     assert proc.returncode == FAILED, proc.stdout + proc.stderr
     assert proc.stdout == (f"FAILED: SHA-256 of the image is {report['sha256']}, expected {'ab' * 32} "
-                           "from the snapshot_* properties: the image was changed or damaged\n")
+                           "from the snapshot_* properties: the image was changed or damaged; "
+                           f"{edited('snapshot_sha256', 'ab' * 32, report['sha256'])}\n")
     edit("snapshot_sha256", report["sha256"])
     edit("snapshot_virtual_size", str(report["virtual_size"] * 2))
     proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
     assert proc.returncode == FAILED
     assert proc.stdout.startswith(f"FAILED: The image's disk is {report['virtual_size']} bytes, "
                                   f"expected {report['virtual_size'] * 2} from the snapshot_* properties"), proc.stdout
+    assert edited("snapshot_virtual_size", str(report["virtual_size"] * 2),
+                  str(report["virtual_size"])) in proc.stdout
     edit("snapshot_virtual_size", str(report["virtual_size"]))
     edit("snapshot_tool_version", "tampered")
     proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
     assert proc.returncode == FAILED
     assert 'snapshot_tool_version is "tampered", not a version number' in proc.stdout, proc.stdout
+    assert edited("snapshot_tool_version", "tampered", report["tool_version"]) in proc.stdout
+    edit("snapshot_tool_version", report["tool_version"])
+    # A property no snapshot wrote, and a property removed.
+    edit("snapshot_note", "fine")
+    proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
+    assert proc.stdout == ("FAILED: Property snapshot_note is not in the provenance record: it was "
+                           "added after the snapshot\n"), proc.stdout
+    status, body = glance.request("PATCH", f"/v2/images/{record['id']}",
+                                  [{"op": "remove", "path": "/snapshot_note"},
+                                   {"op": "remove", "path": "/snapshot_device"}],
+                                  content_type="application/openstack-images-v2.1-json-patch")
+    assert status == 200, body
+    proc = verify(cli_binary, "--glance-image", record["id"], *endpoint)
+    assert proc.stdout == ("FAILED: Property snapshot_device of the provenance record is missing "
+                           "from the image: it was removed after the snapshot\n"), proc.stdout
     # An image id Glance does not know: a Glance problem (5), not a verdict.
     proc = verify(cli_binary, "--glance-image", "0b7f7cde-0000-4000-8000-00000000abcd", *endpoint)
     assert proc.returncode == 5 and "No image" in proc.stderr, proc.stderr

@@ -71,7 +71,7 @@ def assert_failed_cleanly(ironic: IronicServer, node: str, outcome, disk: Disk, 
 
 
 def test_snapshot_into_glance(ironic: IronicServer, glance: GlanceServer, node: str, disk: Disk,
-                              tmp_path: Path) -> None:
+                              tmp_path: Path, cli_binary: Path) -> None:
     sha_before = disk.sha256()
     image = glance.create_image("snap-ok")
     # Every byte, free space included, so that the image equals the disk.
@@ -117,6 +117,40 @@ def test_snapshot_into_glance(ironic: IronicServer, glance: GlanceServer, node: 
     assert any("Snapshot of " + disk.device in line and "%" in line for line in mine), mine
     for line in mine:
         assert TOKEN not in line, f"our code logged the token: {line}"
+
+    # A third party checks the image with one command: it passes as the step
+    # left it, and an edit of any snapshot_* property or of the provenance
+    # record afterwards fails it with the reason.
+    assert_verify(cli_binary, glance, image["id"], 0, "OK\n")
+    other_node = str(uuid.uuid4())
+    edit_property(glance, image["id"], "snapshot_node", other_node)
+    assert_verify(cli_binary, glance, image["id"], 6,
+                  f"FAILED: Property snapshot_node is \"{other_node}\", the provenance record "
+                  f"says \"{node}\": it was edited after the snapshot")
+    # Whoever edits the record to match must also fix its SHA-256.
+    record = stored["snapshot_provenance_1"]
+    assert record.startswith('{"snapshot_bytes_read":"'), record
+    edit_property(glance, image["id"], "snapshot_provenance_1",
+                  record.replace('{"snapshot_bytes_read":"', '{"snapshot_bytes_read":"1', 1))
+    assert_verify(cli_binary, glance, image["id"], 6,
+                  "FAILED: The provenance record was edited: its SHA-256 is")
+
+
+def edit_property(glance: GlanceServer, image_id: str, name: str, value: str) -> None:
+    """Sets an image property by hand, as someone editing the image afterwards would."""
+    status, body = glance.request("PATCH", f"/v2/images/{image_id}",
+                                  [{"op": "add", "path": f"/{name}", "value": value}],
+                                  content_type="application/openstack-images-v2.1-json-patch")
+    assert status == 200, body
+
+
+def assert_verify(cli_binary: Path, glance: GlanceServer, image_id: str, code: int,
+                  start: str) -> None:
+    """``ironic-snapshot verify --glance-image``: its exit code and how its verdict starts."""
+    proc = subprocess.run([str(cli_binary), "verify", "--glance-image", image_id,
+                           "--glance-endpoint", glance.endpoint],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code and proc.stdout.startswith(start), proc.stdout + proc.stderr
 
 
 def test_snapshot_skipping_free_space(ironic: IronicServer, glance: GlanceServer, node: str,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,17 @@ def test_report_properties_are_strings() -> None:
     assert props["snapshot_source_image"] == "img-0"
     assert props["snapshot_device"] == "/dev/sda"
     assert all(k.startswith("snapshot_") for k in props)
+    # The provenance record: every other property, as canonical JSON in parts
+    # short enough for Nova's 255-character metadata, sealed by its SHA-256.
+    parts = [props[f"snapshot_provenance_{n}"] for n in range(1, 10)
+             if f"snapshot_provenance_{n}" in props]
+    assert len(parts) >= 2 and all(len(part) <= 255 for part in parts)
+    record = "".join(parts)
+    assert hashlib.sha256(record.encode()).hexdigest() == props["snapshot_provenance_sha256"]
+    others = {k: v for k, v in props.items() if not k.startswith("snapshot_provenance_")}
+    assert json.loads(record) == others
+    assert record == json.dumps(others, sort_keys=True, separators=(",", ":"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", props["snapshot_captured_at"])
 
 
 @pytest.fixture

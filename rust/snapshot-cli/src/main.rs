@@ -459,6 +459,18 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
         }
         let json = serde_json::to_string(&report)
             .map_err(|err| Error::Internal(format!("Cannot serialise the report: {err}")))?;
+        if let Target::Glance(glance) = &target {
+            // The same record the service step writes, so that `verify`
+            // catches a later edit of any snapshot_* property.
+            let value = serde_json::to_value(&report)
+                .map_err(|err| Error::Internal(format!("Cannot serialise the report: {err}")))?;
+            let source = snapshot_core::provenance::Source {
+                device: Some(args.source.display().to_string()),
+                ..Default::default()
+            };
+            let properties = snapshot_core::provenance::properties(&value, &source);
+            snapshot_core::sink::glance::set_properties(glance, &properties)?;
+        }
         if let Some(pending) = pending_report {
             pending.commit(format!("{json}\n").as_bytes())?;
         }

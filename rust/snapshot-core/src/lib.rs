@@ -19,6 +19,7 @@ pub mod keystone;
 pub mod options;
 mod pipeline;
 pub mod progress;
+pub mod provenance;
 pub mod qcow2;
 pub mod qcow2_check;
 pub mod report;

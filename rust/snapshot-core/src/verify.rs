@@ -222,7 +222,8 @@ pub fn verify_image<R: Read, A: qcow2_check::ReadAt + ?Sized>(
 /// `os_hash_value`, `disk_format` and `virtual_size`, and the `snapshot_*`
 /// properties the service step wrote. Also returns the disagreements among
 /// these values found without reading the data (a property edited after
-/// the snapshot shows up here or against the data).
+/// the snapshot shows up here, against the provenance record (see
+/// [`crate::provenance`]) or against the data).
 pub fn glance_expectations(record: &serde_json::Value) -> (Vec<Expected>, Vec<String>) {
     let text = |key: &str| record.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     let number = |key: &str| record.get(key).and_then(serde_json::Value::as_u64);
@@ -296,6 +297,8 @@ pub fn glance_expectations(record: &serde_json::Value) -> (Vec<Expected>, Vec<St
             );
         }
     }
+    // Every snapshot_* property against the record of them all.
+    problems.extend(crate::provenance::check(record));
     (vec![glance, ours], problems)
 }
 
@@ -405,9 +408,10 @@ mod tests {
         assert_eq!(expected[0].virtual_size, None);
         assert_eq!(expected[1].image_size, Some(10));
         assert_eq!(expected[1].virtual_size, Some(100));
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("snapshot_bytes_read (300)"));
         assert!(problems[1].contains("\"x1\", not a version"));
+        assert!(problems[2].contains("no provenance record"));
         assert!(is_version("0.1.0") && is_version("1.2.3-rc1") && !is_version("1.2"));
     }
 

@@ -244,6 +244,38 @@ mod _engine {
         }
     }
 
+    /// The `snapshot_*` image properties of a capture, its provenance
+    /// record included: see `ironic_snapshot._engine.pyi`.
+    ///
+    /// Over [`snapshot_core::provenance::properties`], the one builder of
+    /// these properties (the CLI's Glance upload uses it too). The report
+    /// dict goes through Python's `json` so that any JSON-able report is
+    /// taken as the CLI's `--json` object would be.
+    #[pyfunction]
+    #[pyo3(signature = (report, *, node = None, device = None, parent_image = None))]
+    #[pyo3(text_signature = "(report, *, node=None, device=None, parent_image=None)")]
+    fn provenance_properties(
+        py: Python<'_>,
+        report: &Bound<'_, PyDict>,
+        node: Option<String>,
+        device: Option<String>,
+        parent_image: Option<String>,
+    ) -> PyResult<std::collections::BTreeMap<String, String>> {
+        let text: String = py
+            .import("json")?
+            .call_method1("dumps", (report,))
+            .map_err(|err| invalid_input(py, &format!("The report is not JSON-able: {err}")))?
+            .extract()?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|err| invalid_input(py, &format!("The report is not JSON: {err}")))?;
+        let source = snapshot_core::provenance::Source {
+            node,
+            device,
+            parent_image,
+        };
+        Ok(snapshot_core::provenance::properties(&value, &source))
+    }
+
     /// Checks capture options without capturing: see
     /// `ironic_snapshot._engine.pyi`.
     ///

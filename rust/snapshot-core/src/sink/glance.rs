@@ -539,6 +539,50 @@ pub fn verify(target: &GlanceTarget, digests: &Digests, image_size: u64) -> Resu
     Ok(())
 }
 
+/// Adds or replaces string properties of the target image (one JSON patch
+/// request): how the CLI records a capture's provenance
+/// ([`crate::provenance::properties`]) on the image it filled.
+///
+/// Errors: [`Error::Http`] when Glance refuses (the token may have expired
+/// during a long upload), [`Error::Connection`] when it cannot be reached.
+pub fn set_properties(
+    target: &GlanceTarget,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let lookup = look_up(target)?;
+    let action = format!(
+        "recording of the snapshot properties on image {}",
+        target.image_id
+    );
+    let patch: Vec<serde_json::Value> = properties
+        .iter()
+        .map(|(name, value)| serde_json::json!({"op": "add", "path": format!("/{name}"), "value": value}))
+        .collect();
+    let body = serde_json::to_vec(&patch)
+        .map_err(|err| Error::Internal(format!("Cannot serialise a JSON patch: {err}")))?;
+    let mut request = lookup
+        .client
+        .patch(format!("{}/images/{}", lookup.api, target.image_id))
+        .header(CONTENT_TYPE, "application/openstack-images-v2.1-json-patch")
+        .body(body);
+    if let Some(token) = &lookup.token {
+        request = request.header("X-Auth-Token", token.clone());
+    }
+    let response = request.send().map_err(|err| connection(&action, err))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.bytes().map_err(|err| connection(&action, err))?;
+        return Err(Error::Http {
+            service: SERVICE,
+            action,
+            status: status.as_u16(),
+            message: http::error_message(status, &body),
+        });
+    }
+    tracing::info!(image_id = %target.image_id, count = properties.len(), "Recorded the snapshot properties");
+    Ok(())
+}
+
 /// The comparison behind [`verify`], on an image record.
 fn check_image(
     image_id: &str,
