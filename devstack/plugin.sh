@@ -286,6 +286,11 @@ function configure_ironic_snapshot_tempest {
     if [[ -n $IRONIC_SNAPSHOT_TEMPEST_NODE ]]; then
         iniset "$TEMPEST_CONFIG" baremetal_snapshot node "$IRONIC_SNAPSHOT_TEMPEST_NODE"
     fi
+    # Likewise the bare-metal server the Nova scenario snapshots (its
+    # compute service must run ironic-snapshot's driver).
+    if [[ -n $IRONIC_SNAPSHOT_TEMPEST_SERVER ]]; then
+        iniset "$TEMPEST_CONFIG" baremetal_snapshot server "$IRONIC_SNAPSHOT_TEMPEST_SERVER"
+    fi
 }
 
 # clean: what install and post-config left behind.

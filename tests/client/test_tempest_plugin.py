@@ -13,16 +13,14 @@ step's own error in tempest's output.
 
 from __future__ import annotations
 
-import configparser
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.functional.helpers import Disk
+from tests.stack import tempest
 from tests.stack.glance import free_port
 
 from .conftest import Cloud, agent_on_demand
@@ -30,14 +28,15 @@ from .operator import Operator, make_operator, write_runbook
 
 #: The runbook the plugin's runbook scenario runs.
 RUNBOOK = "CUSTOM_SNAPSHOT_TEMPEST"
-#: Every scenario of the plugin.
+#: The class of the plugin's node scenarios.
+SCENARIO_CLASS = "SnapshotDiskTest"
+#: Every scenario of that class.
 SCENARIOS = {
     "test_snapshot_into_a_given_image",
     "test_snapshot_through_a_runbook",
     "test_unknown_image_fails_and_abort_brings_the_node_back",
     "test_client_workflow_with_a_scoped_credential",
 }
-TEMPEST = Path(sys.executable).parent / "tempest"
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +48,12 @@ def operator(cloud: Cloud) -> Operator:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tempest workspace (registered in a file of its own, not in ~/.tempest)."""
-    root = tmp_path_factory.mktemp("tempest")
-    subprocess.run([str(TEMPEST), "init", "--workspace-path", str(root / "workspaces.yaml"),
-                    str(root / "ws")], check=True, capture_output=True, timeout=120)
-    return root / "ws"
+    return tempest.init_workspace(tmp_path_factory.mktemp("tempest"))
 
 
 def _write_conf(workspace: Path, cloud: Cloud, node: str, disk: Disk, *,
                 available: bool = True, glance_endpoint: str = "") -> None:
-    conf = configparser.ConfigParser()
-    conf.read_dict({
-        "DEFAULT": {"log_file": "tempest.log", "debug": "true", "log_dir": str(workspace / "logs")},
+    tempest.write_conf(workspace, {
         "auth": {"use_dynamic_credentials": "true", "create_isolated_networks": "false",
                  "admin_username": "admin", "admin_password": cloud.keystone.admin_password,
                  "admin_project_name": "admin", "admin_domain_name": "Default"},
@@ -74,44 +68,6 @@ def _write_conf(workspace: Path, cloud: Cloud, node: str, disk: Disk, *,
             "step_args": f"device:{disk.device},memory_limit:256M",
             "service_timeout": "600"},
     })
-    with open(workspace / "etc" / "tempest.conf", "w") as out:
-        conf.write(out)
-
-
-def _tempest(workspace: Path, regex: str) -> tuple[str, int]:
-    """Runs ``tempest run``; returns its output and exit code.
-
-    The REST calls' logging goes to the workspace's ``tempest.log`` only
-    (``OS_LOG_CAPTURE=0``), so the output holds results and tracebacks.
-    """
-    import os
-
-    result = subprocess.run([str(TEMPEST), "run", "--serial", "--regex", regex],
-                            cwd=workspace, capture_output=True, text=True, timeout=1800,
-                            env={**os.environ, "OS_LOG_CAPTURE": "0"})
-    output = result.stdout + result.stderr
-    (workspace / "logs").mkdir(exist_ok=True)
-    (workspace / "logs" / f"run-{len(list((workspace / 'logs').glob('run-*')))}.txt").write_text(output)
-    return output, result.returncode
-
-
-def _summary(output: str) -> str:
-    """The result lines and the failures' tracebacks of a tempest output."""
-    lines = [line[:500] for line in output.splitlines() if line.strip()]
-    results = [line for line in lines if " ... " in line or re.match(r" ?- (Passed|Skipped|Failed)", line)]
-    failures = lines[next((i for i, line in enumerate(lines) if "tests - output below" in line),
-                          len(lines)):]
-    return "\n".join(results + failures[:200])
-
-
-def _outcomes(output: str) -> dict[str, str]:
-    """Scenario name -> ``ok``, ``FAILED`` or ``SKIPPED: reason`` from tempest's output."""
-    found = {}
-    for name, outcome in re.findall(
-            r"SnapshotDiskTest\.(test_\w+)(?:\[[^\]]*\])? (?:\[[\d.]+s\] )?\.\.\. (ok|FAILED|SKIPPED: .*)",
-            output):
-        found[name] = outcome
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +87,9 @@ def test_scenarios_pass_against_the_loopback_cloud(
     before = {image["id"] for image in cloud.images()}
     sha_before = disk.sha256()
     _write_conf(workspace, cloud, node, disk)
-    output, returncode = _tempest(workspace, "ironic_snapshot")
-    assert returncode == 0, _summary(output)
-    assert _outcomes(output) == dict.fromkeys(SCENARIOS, "ok"), _summary(output)
+    output, returncode = tempest.run(workspace, "ironic_snapshot")
+    assert returncode == 0, tempest.summary(output)
+    assert tempest.outcomes(output, SCENARIO_CLASS) == dict.fromkeys(SCENARIOS, "ok"), tempest.summary(output)
     # Each scenario cleaned up: no image left, the node active, the client's
     # upload credential gone (the scenario checks it), the disk untouched.
     assert {image["id"] for image in cloud.images()} == before
@@ -146,28 +102,28 @@ def test_scenarios_pass_against_the_loopback_cloud(
 def test_flag_off_skips_every_scenario_with_the_reason(
         cloud: Cloud, node: str, disk: Disk, workspace: Path) -> None:
     _write_conf(workspace, cloud, node, disk, available=False)
-    output, _ = _tempest(workspace, "ironic_snapshot")
+    output, _ = tempest.run(workspace, "ironic_snapshot")
     # (tempest exits 1 when no test passed, skipped ones included)
-    assert re.search(r"Failed: +0", output), _summary(output)
-    outcomes = _outcomes(output)
+    assert re.search(r"Failed: +0", output), tempest.summary(output)
+    outcomes = tempest.outcomes(output, SCENARIO_CLASS)
     # A class skipped in setUpClass is reported once, for the class: then no
     # scenario ran at all.
     assert not [o for o in outcomes.values() if o in ("ok", "FAILED")], outcomes
     assert "ironic-snapshot is not available: set [service_available] ironic_snapshot = True" \
-        in output, _summary(output)
-    assert re.search(r"Skipped: +[1-9]", output), _summary(output)
-    assert re.search(r"Passed: +0", output), _summary(output)
+        in output, tempest.summary(output)
+    assert re.search(r"Skipped: +[1-9]", output), tempest.summary(output)
+    assert re.search(r"Passed: +0", output), tempest.summary(output)
 
 
 def test_unreachable_glance_fails_with_the_steps_error(
         cloud: Cloud, node: str, disk: Disk, agents: None, workspace: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     _write_conf(workspace, cloud, node, disk, glance_endpoint=closed)
-    output, returncode = _tempest(workspace, "test_snapshot_into_a_given_image")
-    assert returncode != 0, _summary(output)
-    assert _outcomes(output) == {"test_snapshot_into_a_given_image": "FAILED"}, _summary(output)
+    output, returncode = tempest.run(workspace, "test_snapshot_into_a_given_image")
+    assert returncode != 0, tempest.summary(output)
+    assert tempest.outcomes(output, SCENARIO_CLASS) == {"test_snapshot_into_a_given_image": "FAILED"}, tempest.summary(output)
     # The cleanup aborted the failed service; the step's error is what
     # tempest printed (it is the node's last_error while the node failed).
     assert cloud.ironic.node(node)["provision_state"] == "active"
-    assert "the service ended in 'service failed'" in output, _summary(output)
-    assert closed in output, _summary(output)
+    assert "the service ended in 'service failed'" in output, tempest.summary(output)
+    assert closed in output, tempest.summary(output)

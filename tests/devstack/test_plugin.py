@@ -292,7 +292,8 @@ def test_test_config_writes_the_flags_the_tempest_plugin_reads(harness: Harness)
     from ironic_snapshot.tempest_plugin import config
 
     r = harness.run("stack:test-config", IRONIC_SNAPSHOT_IMAGE_ID="",
-                    IRONIC_SNAPSHOT_DEVICE="/dev/sdb", IRONIC_SNAPSHOT_TEMPEST_NODE="node-1")
+                    IRONIC_SNAPSHOT_DEVICE="/dev/sdb", IRONIC_SNAPSHOT_TEMPEST_NODE="node-1",
+                    IRONIC_SNAPSHOT_TEMPEST_SERVER="server-1")
     assert r.returncode == 0, r.stderr[-3000:]
     calls = r.of("iniset")
     assert {c["args"][0] for c in calls} == {str(harness.dest / "tempest" / "etc" / "tempest.conf")}
@@ -302,6 +303,7 @@ def test_test_config_writes_the_flags_the_tempest_plugin_reads(harness: Harness)
         ["baremetal_snapshot", "runbook", "CUSTOM_SNAPSHOT_DISK"],
         ["baremetal_snapshot", "step_args", "device:/dev/sdb,memory_limit:256M"],
         ["baremetal_snapshot", "node", "node-1"],
+        ["baremetal_snapshot", "server", "server-1"],
     ]
     # Every flag written is an option the plugin registers.
     known = {("service_available", config.service_available_option.name)} | {

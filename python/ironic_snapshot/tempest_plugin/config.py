@@ -58,6 +58,15 @@ snapshot_options = [
              "snapshot`): it makes the node's owner the test project for "
              "its duration, and mints and deletes a scoped upload "
              "credential."),
+    cfg.StrOpt(
+        "server",
+        default="",
+        help="Name or UUID of an ACTIVE bare-metal server of the Nova "
+             "cloud whose compute driver is ironic-snapshot's "
+             "(compute_driver = ironic_snapshot.IronicDriver). The server "
+             "scenario snapshots it as the admin (`server image create`) "
+             "and deletes the image. Empty, or [service_available] nova "
+             "off: the server scenario is skipped."),
     cfg.IntOpt(
         "service_timeout",
         default=1800,
