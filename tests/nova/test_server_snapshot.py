@@ -7,8 +7,11 @@ in a real ironic-python-agent; Glance, Keystone and Ironic check every token.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -118,3 +121,52 @@ def test_user_of_an_application_credential_is_told_why(cloud: Cloud, server: Ser
         cloud.keystone.api("DELETE", f"/v3/users/{cloud.alice}/application_credentials/"
                                      f"{created['id']}")
 
+
+def test_glance_killed_during_upload(cloud: Cloud, server: Server, tmp_path: Path) -> None:
+    sha_before = server.disk.sha256()
+    seen: list[str] = []
+
+    def kill_glance_once_data_flows(image_id: str) -> None:
+        # Killed once Glance itself says the data is arriving (saving), as
+        # in tests/functional; started again at once, as a service manager
+        # would: the upload broken off stays broken, and Nova must be able
+        # to delete the image afterwards.
+        # Glance's status is read from its database: an API request that
+        # Keystone validates takes longer, on a loaded machine, than the
+        # few seconds the upload of the test disk lasts.
+        database = cloud.glance.workdir / "glance.sqlite"
+
+        def status() -> str | None:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True,
+                                                    timeout=5)) as db:
+                row = db.execute("SELECT status FROM images WHERE id = ?",
+                                 (image_id,)).fetchone()
+            return row[0] if row else None
+
+        def watch() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    current = status()
+                except sqlite3.Error:
+                    current = None
+                if current == "saving":
+                    cloud.glance.kill()
+                    seen.append("killed")
+                    cloud.glance.restart()
+                    seen.append("restarted")
+                    return
+                if current in ("active", "deleted", "killed"):
+                    seen.append(current)
+                    return
+                time.sleep(0.05)
+        threading.Thread(target=watch, daemon=True).start()
+
+    with agent_on_demand(cloud.ironic, server.node, tmp_path / "ipa",
+                         agent_env=_agent_env()) as watch:
+        message, _ = _snapshot_fails(cloud, server, name="glance-dies",
+                                     during=kill_glance_once_data_flows)
+    assert seen == ["killed", "restarted"], (seen, watch.states)
+    assert message.startswith("Snapshot of node"), message
+    assert "Upload of" in message and "failed" in message, message
+    assert server.disk.sha256() == sha_before

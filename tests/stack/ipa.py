@@ -147,7 +147,7 @@ def agent_on_demand(ironic: IronicServer, node: str, workdir: Path,
         so that every service (several in one watch, as a tempest run makes)
         gets a fresh agent, as a real ramdisk boot would.
     :param wait_states: the states in which the node waits for an agent
-        (``deploy wait`` for a deploy through the ``direct`` interface).
+        (``wait call-back`` for a deploy through the ``direct`` interface).
     """
     watch = AgentWatch()
     stop = threading.Event()
