@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test suite: the Rust workspace tests, then the pytest suites
 # (CLI, filesystem-aware capture, the service step against real Ironic, IPA
-# and Glance, the client against Keystone, packaging). Run tests/setup.sh
-# once first. Benchmarks (tests/bench) are not tests and are not run here.
+# and Glance, the client against Keystone, packaging; the Nova driver's suite
+# in a session of its own beside them). Run tests/setup.sh once first. With
+# arguments, only `cargo test` and `pytest ARGS`. Benchmarks (tests/bench) are not tests and are not run here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,38 @@ fi
 export TMPDIR="$scratch"
 echo "tests/run.sh: scratch in $scratch ($(df -h --output=fstype,avail "$scratch" | tail -1)); free on /: $(df -h --output=avail / | tail -1)"
 
-cargo test --workspace --locked
 # The Python tests load the engine from python/ironic_snapshot: rebuild it in
 # place so that they test the Rust code as it is now, not as setup.sh found it.
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --release --skip-install --locked -q
-.venv/bin/python -m pytest -ra "$@"
+
+if [ $# -gt 0 ]; then
+    cargo test --workspace --locked
+    .venv/bin/python -m pytest -ra "$@"
+    exit
+fi
+
+# The whole run. tests/nova (a whole Nova cloud: it spends most of its time
+# waiting on services, timers and the agent) runs as a pytest session of its
+# own beside everything else, started first so that its cloud comes up while
+# cargo compiles; its output is shown when it ends. Each session has its own
+# basetemp, so neither cleans the other's folders.
+nova_log="$scratch/nova-suite.log"
+.venv/bin/python -m pytest -ra -p no:cacheprovider --basetemp="$scratch/pytest-nova" \
+    tests/nova > "$nova_log" 2>&1 &
+nova_pid=$!
+status=0
+cargo test --workspace --locked || status=$?
+if [ "$status" -eq 0 ]; then
+    .venv/bin/python -m pytest -ra --basetemp="$scratch/pytest-main" || status=$?
+fi
+# Always let the Nova session end by itself: its fixtures stop the cloud
+# and free its loop device, and its result is worth having either way.
+nova_status=0
+wait "$nova_pid" || nova_status=$?
+echo
+echo "==== tests/nova (its own pytest session, run beside the others) ===="
+cat "$nova_log"
+if [ "$status" -ne 0 ]; then
+    exit "$status"
+fi
+exit "$nova_status"
