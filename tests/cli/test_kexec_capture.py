@@ -23,8 +23,18 @@ def test_not_root_is_refused_with_exit_7(cli_binary: Path) -> None:
     assert proc.stdout == ""
 
 
-def test_capture_mode_is_not_implemented_yet(cli_binary: Path) -> None:
-    # Without --round-trip-only the command would claim to capture: it refuses instead.
+def test_capture_needs_one_destination(cli_binary: Path) -> None:
+    # Checked before anything reads this machine's kernel state.
     proc = run(cli_binary, "/dev/null")
     assert proc.returncode == 2, proc.stderr
-    assert "not implemented yet" in proc.stderr and "--round-trip-only" in proc.stderr, proc.stderr
+    assert "give one destination" in proc.stderr, proc.stderr
+    proc = run(cli_binary, "/dev/null", "-o", "x.qcow2", "--glance-image", "i",
+               "--glance-endpoint", "http://127.0.0.1:9")
+    assert proc.returncode == 2, proc.stderr
+
+
+def test_status_without_a_record_exits_9(cli_binary: Path) -> None:
+    # This machine has no EFI variable of ours (and may have no efivarfs at all).
+    proc = run(cli_binary, "--status")
+    assert proc.returncode == 9, proc.stderr
+    assert "no kexec-capture record" in proc.stderr, proc.stderr

@@ -123,7 +123,8 @@ class Guest:
 
 @contextlib.contextmanager
 def boot(disks: Sequence[Path | tuple[Path, str]], work: Path, *, firmware: str = "uefi",
-         memory_mib: int = 1024, extra: Sequence[str] = ()) -> Iterator[Guest]:
+         memory_mib: int = 1024, extra: Sequence[str] = (), network: bool = False
+         ) -> Iterator[Guest]:
     """Boots a guest from ``disks`` (the first is the boot disk); always ends qemu.
 
     ``firmware`` is ``uefi`` (OVMF, a fresh copy of its variable store) or
@@ -133,10 +134,15 @@ def boot(disks: Sequence[Path | tuple[Path, str]], work: Path, *, firmware: str 
     raw) or ``(path, format)``; each becomes a virtio disk in order
     (``/dev/vda``, ``/dev/vdb`` ...). The console is logged to
     ``work/console.log``.
+
+    ``network`` gives the guest one virtio NIC on qemu's user network: the
+    guest is 10.0.2.15/24 by convention (nothing configures it by itself) and
+    reaches this machine's 127.0.0.1 as 10.0.2.2.
     """
     work.mkdir(parents=True, exist_ok=True)
     args = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-M", "q35",
-            "-m", str(memory_mib), "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"]
+            "-m", str(memory_mib), "-smp", "2", "-nographic", "-no-reboot",
+            "-nic", "user,model=virtio-net-pci" if network else "none"]
     if firmware == "uefi":
         vars_copy = work / "OVMF_VARS.fd"
         shutil.copyfile(OVMF_VARS, vars_copy)

@@ -86,32 +86,44 @@ enum Command {
 }
 
 const KEXEC_ABOUT: &str = "\
-Preview: jump (kexec, no firmware reboot) from the running system into a ramdisk built in memory \
-and back into the same kernel, its initrd and command line. Capturing from the ramdisk is not \
-implemented yet: --round-trip-only is required.";
+Capture a disk while it is offline, without a firmware reboot: stop the system cleanly, jump (kexec) \
+into a ramdisk built in memory, capture the disk there to a file on another disk or into a Glance \
+image, and jump back into the same kernel, its initrd and command line.";
 
 const KEXEC_LONG: &str = "\
 Examples:
-  ironic-snapshot kexec-capture --round-trip-only --dry-run /dev/vda
-  ironic-snapshot kexec-capture --round-trip-only /dev/vda
+  ironic-snapshot kexec-capture /dev/sda -o /mnt/usb/node.qcow2
+  OS_TOKEN=... ironic-snapshot kexec-capture /dev/sda --glance-endpoint https://cloud:9292 --glance-image ID
+  ironic-snapshot kexec-capture --status            # after the return: what happened
+  ironic-snapshot kexec-capture --round-trip-only /dev/sda   # there and back, nothing captured
+  ironic-snapshot kexec-capture --dry-run /dev/sda -o /mnt/usb/node.qcow2
 
 Run as root on the system whose disk is to be captured. Before anything is stopped it checks that \
 kexec can work here (root, kexec in the kernel, sysctl kernel.kexec_load_disabled, kernel lockdown \
 and Secure Boot against the kernel image's signature, systemd as init), that SOURCE is a block \
-device and OUT is not on it, builds the ramdisk in memory (this binary as /init, the modules of \
-SOURCE's and the default route's drivers, the settings, the running kernel and initrd for the way \
-back) and loads it with kexec_file_load. Only then `systemctl kexec` stops the system cleanly and \
-jumps. With --dry-run it unloads again and prints what it would load as JSON.
+device and OUT is not on it, that the Glance image is queued (the token is fetched now, from the \
+flags, OS_* environment or clouds.yaml as for `capture`), builds the ramdisk in memory (this binary \
+as /init, the modules of SOURCE's, OUT's and the network interfaces' drivers, the settings and the \
+token, the network's addresses, routes and MTU, the running kernel and initrd for the way back; \
+nothing on a kernel command line, nothing on a disk) and loads it with kexec_file_load. Only then \
+`systemctl kexec` stops the services, unmounts the filesystems and jumps. In the ramdisk the capture \
+runs read-only with free space skipped; after --timeout seconds the ramdisk goes back whatever it is \
+doing. The outcome is kept in an EFI variable (and beside OUT as OUT.kexec.json): read it with \
+--status after the return. With --dry-run it unloads again and prints what it would load as JSON.
 
 Exit codes:
-  0    the system is stopping to jump (or, with --dry-run, everything checked out)
+  0    the system is stopping to jump (or, with --dry-run, everything checked out;
+       with --status, the last capture succeeded)
   1    other error (a bug: please report it)
   2    usage error: bad option, SOURCE not a block device, kernel or initrd not found
   3    source problem: SOURCE missing or unreadable
-  4    output problem: OUT on SOURCE
+  4    output problem: OUT on SOURCE, or it exists (use --force)
+  5    Glance or Keystone refused or could not be reached, or the image is not queued
   7    refused, nothing stopped: kexec cannot work here (not root, no kexec in the kernel,
        kernel.kexec_load_disabled=1, lockdown or Secure Boot with an unsigned kernel, no
-       systemd, a module missing, or the kernel refused the load); the message says which";
+       systemd, a module missing, or the kernel refused the load); the message says which
+  8    --status: the last capture failed (the record says where and why)
+  9    --status: no record (no UEFI, or no run since it was written)";
 
 #[derive(clap::Args)]
 struct KexecArgs {
@@ -140,9 +152,29 @@ struct KexecArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     timeout: u64,
 
-    /// Only jump into the ramdisk and back (preview: required until the capture lands)
-    #[arg(long)]
+    /// Only jump into the ramdisk and back, capturing nothing
+    #[arg(long, conflicts_with_all = ["output", "glance_image"])]
     round_trip_only: bool,
+
+    /// Print the record of the last run (after the return) and exit
+    #[arg(long, conflicts_with_all = ["source", "output", "round_trip_only", "dry_run"])]
+    status: bool,
+
+    /// Overwrite OUT if it exists
+    #[arg(long)]
+    force: bool,
+
+    /// Memory of a Glance upload in the ramdisk (see `capture --help`); default: half of what
+    /// the ramdisk has available
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit)]
+    memory_limit: Option<u64>,
+
+    /// Copy free space of known filesystems and swap too, instead of skipping it
+    #[arg(long)]
+    no_skip_free_space: bool,
+
+    #[command(flatten)]
+    cloud: auth::CloudArgs,
 
     /// Check, build and load the ramdisk, then unload it and print a JSON summary instead of jumping
     #[arg(long)]
@@ -502,7 +534,27 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
 
 /// `ironic-snapshot kexec-capture`: its own errors and exit codes (see `KEXEC_LONG`).
 fn kexec_capture(args: &KexecArgs) -> ExitCode {
+    if args.status {
+        return ExitCode::from(kexec::status());
+    }
+    let glance = match args
+        .cloud
+        .glance_image
+        .as_deref()
+        .map(|id| args.cloud.resolve(id))
+    {
+        None => None,
+        Some(Ok(target)) => Some(target),
+        Some(Err(err)) => {
+            print_error(&err);
+            return ExitCode::from(exit_code(&err));
+        }
+    };
     let request = kexec::Request {
+        glance,
+        force: args.force,
+        memory_limit: args.memory_limit,
+        no_skip_free_space: args.no_skip_free_space,
         source: args.source.clone(),
         output: args.output.clone(),
         return_to: match args.return_to {
@@ -729,9 +781,24 @@ mod tests {
         );
         let source = kexec::KexecCommandError::Capture(Error::SourceNotFound { path: "s".into() });
         assert_eq!(kexec::exit_code(&source, exit_code), 3);
-        // Capturing is not implemented: only --round-trip-only parses into a run.
         assert!(
             Cli::try_parse_from(["ironic-snapshot", "kexec-capture", "--return", "sleep"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["ironic-snapshot", "kexec-capture", "--status", "/dev/sda"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "ironic-snapshot",
+                "kexec-capture",
+                "/dev/sda",
+                "--glance-image",
+                "i",
+                "--return",
+                "poweroff"
+            ])
+            .is_ok()
         );
     }
 

@@ -10,6 +10,7 @@
 //! | `/modules/<file>` | modules in [`Settings::modules`] order |
 //! | `/settings.json` | [`Settings`] |
 //! | `/return/vmlinuz`, `/return/initrd.img` | the running kernel and its initrd |
+//! | `/etc/...` | `resolv.conf`, `hosts` and the upload's CA bundle, if any |
 
 use std::fs;
 use std::io::Write;
@@ -30,6 +31,9 @@ pub struct Contents {
     pub kernel: PathBuf,
     /// The running kernel's initrd (for the way back), if it has one.
     pub initrd: Option<PathBuf>,
+    /// More files by their path in the ramdisk (`/etc/resolv.conf`, the CA
+    /// bundle), written mode 0600 under folders that exist (`/etc`).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// Writes the archive of `contents` with `settings` into `out`; fills
@@ -56,7 +60,7 @@ pub fn build<W: Write>(out: W, contents: &Contents, settings: &Settings) -> Resu
         })
         .collect();
     let mut w = Writer::new(out);
-    for dir in ["/dev", "/proc", "/sys", "/run", "/mnt", "/tmp"] {
+    for dir in ["/dev", "/proc", "/sys", "/run", "/mnt", "/tmp", "/etc"] {
         w.dir(dir, 0o755).map_err(fail(format!("adding {dir}")))?;
     }
     w.char_device("/dev/console", 0o600, 5, 1)
@@ -87,6 +91,10 @@ pub fn build<W: Write>(out: W, contents: &Contents, settings: &Settings) -> Resu
             &read(initrd, "the running kernel's initrd, for the way back")?,
         )
         .map_err(fail("adding the return initrd".into()))?;
+    }
+    for (path, data) in &contents.files {
+        w.file(path, 0o600, data)
+            .map_err(fail(format!("adding {path}")))?;
     }
     let json = serde_json::to_vec_pretty(&settings).map_err(|err| KexecError::Initramfs {
         what: "serialising the settings".into(),
@@ -124,6 +132,7 @@ mod tests {
             modules: vec![p("virtio_ring.ko", b"ring"), p("virtio_blk.ko.xz", b"blk")],
             kernel: p("vmlinuz", b"MZ kernel"),
             initrd: Some(p("initrd", b"initrd data")),
+            files: vec![("/etc/hosts".into(), b"127.0.0.1 localhost\n".to_vec())],
         };
         let settings = Settings {
             version: "t".into(),
@@ -135,6 +144,10 @@ mod tests {
             timeout_seconds: 60,
             round_trip_only: true,
             source_device: None,
+            network: None,
+            output: None,
+            glance: None,
+            capture: Default::default(),
         };
         let (archive, size) = build(Vec::new(), &contents, &settings).unwrap();
         assert!(archive.len() as u64 > size);
@@ -157,6 +170,10 @@ mod tests {
         assert_eq!(
             fs::read(out.join("return/initrd.img")).unwrap(),
             b"initrd data"
+        );
+        assert_eq!(
+            fs::read(out.join("etc/hosts")).unwrap(),
+            b"127.0.0.1 localhost\n"
         );
         let back = Settings::read(&out.join("settings.json")).unwrap();
         assert_eq!(back.modules, ["virtio_ring.ko", "virtio_blk.ko.xz"]);

@@ -25,6 +25,8 @@ pub mod error;
 pub mod initramfs;
 pub mod kexec;
 pub mod modules;
+pub mod net;
+pub mod outcome;
 pub mod preflight;
 pub mod ramdisk;
 pub mod settings;

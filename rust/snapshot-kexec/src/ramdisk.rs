@@ -43,6 +43,17 @@ pub fn setup() {
 }
 
 fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> {
+    mount_with(source, target, fstype, 0)
+}
+
+/// Mounts `source` (a device path or a pseudo filesystem's name) on
+/// `target` with `flags` (`libc::MS_RDONLY`...); already mounted is fine.
+pub fn mount_with(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
     let c = |s: &str| CString::new(s).expect("constant without NUL");
     let (source, target, fstype) = (c(source), c(target), c(fstype));
@@ -52,7 +63,7 @@ fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> {
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            0,
+            flags,
             std::ptr::null(),
         )
     };
@@ -63,6 +74,39 @@ fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Unmounts `target` (flushing what was written there).
+pub fn unmount(target: &str) -> io::Result<()> {
+    let target = CString::new(target).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount(target.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Seconds since the running kernel started (`/proc/uptime`).
+pub fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Mounts efivarfs where the kernel has EFI runtime services; returns
+/// whether the variables can be written.
+pub fn mount_efivars() -> bool {
+    if !Path::new("/sys/firmware/efi").exists() {
+        return false;
+    }
+    match mount("efivarfs", crate::outcome::EFIVARS, "efivarfs") {
+        Ok(()) => true,
+        Err(err) => {
+            say(&format!("cannot mount efivarfs: {err}"));
+            false
+        }
+    }
 }
 
 /// A line on the console, prefixed so the user (and the lab) can find it.
@@ -137,6 +181,13 @@ pub fn wait_for_disk(name: &str, timeout: std::time::Duration) -> Option<u64> {
 /// [`RETURN_KERNEL`] with [`RETURN_INITRD`] and the original command line;
 /// if that fails, the firmware reboots (the OS comes back either way).
 pub fn finish(settings: &Settings) -> ! {
+    // The timeout's watchdog and the work may both get here: the first wins.
+    static FINISHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if FINISHING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
     // SAFETY: sync(2) has no arguments.
     unsafe { libc::sync() };
     if settings.return_to == Return::Kexec {

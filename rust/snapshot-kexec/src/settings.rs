@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KexecError, Result};
+pub use crate::net::Network;
 
 /// Path of the settings file inside the initramfs.
 pub const SETTINGS_PATH: &str = "/settings.json";
@@ -18,6 +19,10 @@ pub const RETURN_KERNEL: &str = "/return/vmlinuz";
 pub const RETURN_INITRD: &str = "/return/initrd.img";
 /// Folder of kernel modules inside the initramfs (files in load order).
 pub const MODULES_DIR: &str = "/modules";
+/// The CA bundle for the upload inside the initramfs.
+pub const CA_FILE: &str = "/etc/ironic-snapshot-ca.pem";
+/// Where the ramdisk mounts the output file's filesystem.
+pub const OUTPUT_MOUNT: &str = "/mnt";
 
 /// How the ramdisk ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +58,72 @@ pub struct Settings {
     /// Kernel name of the disk to capture (`vda`), which the ramdisk waits for.
     #[serde(default)]
     pub source_device: Option<String>,
+    /// The network to set up (for an upload).
+    #[serde(default)]
+    pub network: Option<Network>,
+    /// An image file to write on another disk.
+    #[serde(default)]
+    pub output: Option<OutputFile>,
+    /// A Glance image to fill.
+    #[serde(default)]
+    pub glance: Option<GlanceSettings>,
+    /// How to capture.
+    #[serde(default)]
+    pub capture: CaptureSettings,
+}
+
+/// An image file on another disk than the source: the ramdisk mounts that
+/// disk's filesystem and writes the file there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Kernel name of the device holding the filesystem (`vdb`, `sdb1`).
+    pub device: String,
+    /// Its filesystem type, as `mount(2)` wants it (`ext4`).
+    pub fstype: String,
+    /// Path of the image inside that filesystem (`/images/node.qcow2`).
+    pub path: String,
+    /// The path on the running system, for the log and the record.
+    pub shown_as: String,
+    /// Overwrite an existing file.
+    pub force: bool,
+}
+
+/// A secret string (a token) that `Debug` never shows; serialised as is,
+/// because it must reach the ramdisk (inside the in-memory initramfs only).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(***)")
+    }
+}
+
+/// The Glance image to fill, resolved on the running system (Keystone is
+/// asked there, so the ramdisk needs only the endpoint and a token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlanceSettings {
+    /// Image service endpoint.
+    pub endpoint: String,
+    /// The queued image's id.
+    pub image_id: String,
+    /// Keystone token; `None` for a no-auth Glance.
+    pub token: Option<SecretText>,
+    /// Skip TLS verification (test clouds only).
+    pub insecure: bool,
+    /// Whether a CA bundle travels at [`CA_FILE`].
+    pub has_ca_file: bool,
+}
+
+/// Capture options the ramdisk uses (the engine's defaults otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CaptureSettings {
+    /// Memory limit for a forward-only upload; `None`: half the memory the
+    /// ramdisk has available (it does nothing else).
+    pub memory_limit: Option<u64>,
+    /// Copy free space too.
+    pub no_skip_free_space: bool,
 }
 
 impl Settings {
@@ -98,7 +169,18 @@ mod tests {
             timeout_seconds: 600,
             round_trip_only: true,
             source_device: Some("vda".into()),
+            network: None,
+            output: None,
+            glance: Some(GlanceSettings {
+                endpoint: "http://10.0.2.2:9292".into(),
+                image_id: "i".into(),
+                token: Some(SecretText("tok".into())),
+                insecure: false,
+                has_ca_file: false,
+            }),
+            capture: CaptureSettings::default(),
         };
+        assert!(!format!("{settings:?}").contains("tok\""));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         std::fs::write(&path, serde_json::to_string(&settings).unwrap()).unwrap();
