@@ -22,7 +22,11 @@ database) on a second small disk and:
    record;
 4. Glance dies after the checks that precede the jump: the ramdisk fails the
    upload, returns within the timeout, and ``--status`` names the failure;
-5. with ``sysctl kernel.kexec_load_disabled=1`` (one way until a reboot, so
+5. captures to a file on a third disk (``-o``): the ramdisk mounts that
+   disk's filesystem, writes the image and its record beside it
+   (``OUT.kexec.json``); the image passes ``qemu-img check`` and its sha256
+   is the record's;
+6. with ``sysctl kernel.kexec_load_disabled=1`` (one way until a reboot, so
    last): refused with exit 7 and a message naming the sysctl, nothing
    stopped (systemd still running, no kernel loaded, the shell answers).
 
@@ -146,10 +150,11 @@ def test_kexec_capture_to_glance_and_back(lab_disk: Callable[[str], tuple[Path, 
     files = build.files_disk(tmp_path / "files.raw", {
         "ironic-snapshot": static_cli, "writer": tmp_path / "writer",
         "writer.service": tmp_path / "writer.service"})
+    out_disk = build.files_disk(tmp_path / "out.raw", {}, size_mib=512)
     port = glance.endpoint.rsplit(":", 1)[1]
     cloud = f"OS_TOKEN={TOKEN} {CLI} kexec-capture --glance-endpoint http://10.0.2.2:{port}"
     started = time.monotonic()
-    with lab.boot([disk, files], tmp_path / "vm", firmware=firmware, memory_mib=2048,
+    with lab.boot([disk, files, out_disk], tmp_path / "vm", firmware=firmware, memory_mib=2048,
                   network=True) as vm:
         vm.wait_for_prompt()
         boot_seconds = time.monotonic() - started
@@ -214,7 +219,13 @@ def test_kexec_capture_to_glance_and_back(lab_disk: Callable[[str], tuple[Path, 
         assert failed["stage"] == "capture" and "Glance" in failed["error"], failed
         assert failed_times["downtime"] < 300 + 120, failed_times
 
-        # 5. kexec disabled: refused, nothing stopped.
+        # 5. To a file on another disk.
+        vm.sh("mkdir -p /srv/out && mount /dev/vdc /srv/out")
+        file_times = jump(vm, f"{CLI} kexec-capture -o /srv/out/node.qcow2 --timeout 600 /dev/vda")
+        code, to_file = status(vm)
+        assert code == 0 and to_file["target"] == "/srv/out/node.qcow2", to_file
+
+        # 6. kexec disabled: refused, nothing stopped.
         vm.sh("sysctl -q kernel.kexec_load_disabled=1")
         status_code, out = vm.sh(f"{CLI} kexec-capture --round-trip-only /dev/vda", check=False)
         assert status_code == 7, out
@@ -225,10 +236,17 @@ def test_kexec_capture_to_glance_and_back(lab_disk: Callable[[str], tuple[Path, 
 
         vm.send("systemctl poweroff\n")
         vm.wait_exit(120)
+    for name in ("node.qcow2", "node.qcow2.kexec.json"):
+        run("debugfs", "-c", "-R", f"dump /{name} {tmp_path / name}", out_disk)
+    run("qemu-img", "check", "-q", tmp_path / "node.qcow2")
+    sha = run("sha256sum", tmp_path / "node.qcow2", text=True).stdout.split()[0]
+    assert sha == to_file["report"]["sha256"], to_file
+    assert json.loads((tmp_path / "node.qcow2.kexec.json").read_text())["ok"]
     ramdisk = record["timings"]
     print(f"\nboot to prompt {boot_seconds:.1f} s; capture to Glance: downtime (command to prompt) "
           f"{capture_times['downtime']:.1f} s = stop to ramdisk /init {capture_times['stop']:.1f} s"
           f" + ramdisk {capture_times['ramdisk']:.1f} s (in it: {ramdisk}) + way back to the prompt "
           f"{capture_times['return']:.1f} s; image {record['report']['image_size']} B of a "
           f"{disk_bytes} B disk, {record['report']['bytes_read']} B read; writer got "
-          f"{written['records']} records; Glance down: downtime {failed_times['downtime']:.1f} s")
+          f"{written['records']} records; Glance down: downtime {failed_times['downtime']:.1f} s; "
+          f"to a file: downtime {file_times['downtime']:.1f} s (ramdisk {to_file['timings']})")
