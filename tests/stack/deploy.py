@@ -48,6 +48,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -230,4 +231,7 @@ def deploy(ironic: IronicServer, node: str, image_id: str, workdir: Path, *,
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n--- agent log ---\n{agent.log_tail()}") from None
             log = agent.log()
+    # The agent keeps its download (TMPDIR/<image id>) after writing it: a
+    # real ramdisk's memory is gone at reboot, a test run's tmpfs is not.
+    Path(tempfile.gettempdir(), image_id).unlink(missing_ok=True)
     return DeployRun(node=record, agent_log=log, seconds=time.monotonic() - started)
