@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.nova.conftest import Cloud, Server
-from tests.nova.test_server_snapshot import _agent_env, _app_credentials, _server
+from tests.nova.helpers import _agent_env, _app_credentials, _server
 from tests.stack import tempest
 from tests.stack.ipa import agent_on_demand
 
