@@ -11,9 +11,9 @@
 use std::io::Read;
 
 use md5::Digest as _;
-use snapshot_core::digest::Digests;
-use snapshot_core::options::{GlanceTarget, Secret};
-use snapshot_core::sink::{Sink, glance};
+use snapshot_core::Digests;
+use snapshot_core::{GlanceTarget, Secret};
+use snapshot_core::{Sink, glance};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

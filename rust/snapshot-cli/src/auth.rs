@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Arg, ArgAction, ArgMatches};
 use snapshot_core::keystone::{self, Credentials, KeystoneAuth, Named};
-use snapshot_core::options::{GlanceTarget, Secret};
+use snapshot_core::{GlanceTarget, Secret};
 use snapshot_core::{Error, Result};
 use yaml_rust2::{Yaml, YamlLoader};
 

@@ -9,7 +9,7 @@ use std::fs;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
-use snapshot_core::options::{GlanceTarget, Secret};
+use snapshot_core::{GlanceTarget, Secret};
 use snapshot_core::{CaptureOptions, Target};
 use snapshot_kexec::modules::{self, ModuleIndex};
 use snapshot_kexec::net::Network;
@@ -140,7 +140,7 @@ pub fn run(req: &Request) -> Result<(), KexecCommandError> {
     // The source and output checks `capture` does, before anything stops.
     let mut needs: Vec<(String, String)> = Vec::new();
     if let Some(source) = &req.source {
-        let disk = snapshot_core::source::Source::open(source)?;
+        let disk = snapshot_core::Source::open(source)?;
         if !disk.is_block_device() {
             return Err(KexecCommandError::Usage {
                 option: "SOURCE",
@@ -151,7 +151,7 @@ pub fn run(req: &Request) -> Result<(), KexecCommandError> {
             });
         }
         if let Some(output) = &req.output {
-            snapshot_core::source::check_output(output, &disk)?;
+            snapshot_core::check_output(output, &disk)?;
         }
         let name = fs::canonicalize(source)
             .ok()
@@ -471,7 +471,7 @@ fn unescape(field: &str) -> String {
 fn check_glance(
     target: &GlanceTarget,
 ) -> Result<(GlanceSettings, Option<Vec<u8>>), KexecCommandError> {
-    let image = snapshot_core::sink::glance::open_image(target)?;
+    let image = snapshot_core::glance::open_image(target)?;
     let status = image
         .record
         .get("status")

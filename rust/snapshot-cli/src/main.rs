@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
-use snapshot_core::error::ErrorKind;
+use snapshot_core::ErrorKind;
 use snapshot_core::{
     CaptureOptions, Compression, Error, Format, NoProgress, Progress, Report, Target,
 };
@@ -501,7 +501,7 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
                 ..Default::default()
             };
             let properties = snapshot_core::provenance::properties(&value, &source);
-            snapshot_core::sink::glance::set_properties(glance, &properties)?;
+            snapshot_core::glance::set_properties(glance, &properties)?;
         }
         if let Some(pending) = pending_report {
             pending.commit(format!("{json}\n").as_bytes())?;
@@ -613,7 +613,7 @@ fn verify(args: &VerifyArgs) -> Result<bool, Error> {
     let verdict = match (&args.image, &args.cloud.glance_image) {
         (Some(path), _) if is_url(path) => {
             let url = path.to_string_lossy();
-            let data = snapshot_core::sink::glance::open_url(&url)?;
+            let data = snapshot_core::glance::open_url(&url)?;
             let body = data.download()?;
             snapshot_core::verify_image(body, &data, &url, &[expected])?
         }
@@ -651,10 +651,10 @@ fn is_url(path: &std::path::Path) -> bool {
 /// Checks a Glance image: its data against the flags' and report's values,
 /// Glance's own and the `snapshot_*` properties, which must also agree.
 fn verify_glance(
-    target: &snapshot_core::options::GlanceTarget,
+    target: &snapshot_core::GlanceTarget,
     expected: snapshot_core::Expected,
 ) -> Result<snapshot_core::Verification, Error> {
-    let image = snapshot_core::sink::glance::open_image(target)?;
+    let image = snapshot_core::glance::open_image(target)?;
     let (mut claims, problems) = snapshot_core::glance_expectations(&image.record);
     let status = image.record.get("status").and_then(|v| v.as_str());
     if status != Some("active") {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use snapshot_core::progress::Phase;
+use snapshot_core::Phase;
 use snapshot_core::{Progress, ProgressUpdate, format_size};
 
 /// Least time between two redraws: the engine calls in far more often.

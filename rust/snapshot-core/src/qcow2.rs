@@ -559,11 +559,6 @@ impl Packer {
         }
     }
 
-    /// The layout so far.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     fn pad_to(&mut self, offset: u64, out: &mut dyn Emit) -> Result<()> {
         debug_assert!(offset >= self.emitted);
         out.emit_zeros(offset - self.emitted)?;

@@ -109,24 +109,19 @@ impl Source {
         self.is_block_device
     }
 
-    /// Device number the source's data lives on.
-    pub fn device(&self) -> u64 {
-        self.device
-    }
-
     /// `(st_dev, st_ino)` of the source itself.
-    pub fn inode(&self) -> (u64, u64) {
+    pub(crate) fn inode(&self) -> (u64, u64) {
         self.inode
     }
 
     /// The open file, for planners that read metadata.
-    pub fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         &self.file
     }
 
     /// Ranges that may hold data: holes of a sparse file are left out
     /// (`SEEK_DATA`/`SEEK_HOLE`); a block device is all data.
-    pub fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
+    pub(crate) fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
         if self.is_block_device || self.size == 0 {
             return Ok(if self.size == 0 {
                 Vec::new()
@@ -178,7 +173,7 @@ impl Source {
 
     /// Fills `buf` from `offset`, failing with [`Error::ShortRead`] if the
     /// source ends before `offset + buf.len()`.
-    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -220,7 +215,7 @@ fn block_device_size(file: &File) -> io::Result<u64> {
 }
 
 /// Intersection of two sorted lists of non-overlapping ranges.
-pub fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+pub(crate) fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
     let (mut i, mut j) = (0, 0);
     let mut out = Vec::new();
     while i < a.len() && j < b.len() {

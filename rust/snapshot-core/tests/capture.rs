@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use common::*;
-use snapshot_core::progress::Phase;
+use snapshot_core::Phase;
 use snapshot_core::{CaptureOptions, Compression, Error, Format, ProgressUpdate, Target};
 
 const K64: u32 = 64 * 1024;

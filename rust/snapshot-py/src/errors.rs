@@ -9,7 +9,7 @@ use std::error::Error as _;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use snapshot_core::error::ErrorKind;
+use snapshot_core::ErrorKind;
 
 /// Module holding the exception hierarchy.
 const EXCEPTIONS_MODULE: &str = "ironic_snapshot.exceptions";

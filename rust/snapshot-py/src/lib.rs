@@ -26,9 +26,9 @@ mod _engine {
 
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
-    use snapshot_core::digest::Digests;
-    use snapshot_core::options::GlanceTarget;
-    use snapshot_core::options::Secret;
+    use snapshot_core::Digests;
+    use snapshot_core::GlanceTarget;
+    use snapshot_core::Secret;
     use snapshot_core::{CaptureOptions, Target};
 
     use crate::convert::{SizeArg, capture_options, json_to_py};
@@ -158,7 +158,7 @@ mod _engine {
                 // with a token that may be newer than the upload's: a
                 // Keystone token can expire during a long capture.
                 Target::Glance(glance) if !verify_upload => {
-                    snapshot_core::sink::glance::open(glance).and_then(|sink| {
+                    snapshot_core::glance::open(glance).and_then(|sink| {
                         let sink = match token_source.take() {
                             Some(renew) => sink.with_token_source(renew),
                             None => sink,
@@ -196,7 +196,7 @@ mod _engine {
     /// The second half of `capture(..., verify_upload=False)`, kept apart so
     /// that the caller can pass a token other than the upload's (the step
     /// re-authenticates after a long upload). Over
-    /// [`snapshot_core::sink::glance::verify`].
+    /// [`snapshot_core::glance::verify`].
     #[pyfunction]
     #[pyo3(signature = (
         glance_image, *, glance_endpoint, image_size, md5, sha256, sha512, token = None,
@@ -234,7 +234,7 @@ mod _engine {
         };
         let outcome = py.detach(|| {
             catch_unwind(AssertUnwindSafe(|| {
-                snapshot_core::sink::glance::verify(&target, &digests, image_size)
+                snapshot_core::glance::verify(&target, &digests, image_size)
             }))
         });
         match outcome {

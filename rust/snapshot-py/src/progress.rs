@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use snapshot_core::progress::Phase;
+use snapshot_core::Phase;
 use snapshot_core::{Progress, ProgressUpdate};
 
 /// Throttling state: when the callback last ran, and for which phase.

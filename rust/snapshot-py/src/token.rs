@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use snapshot_core::Error;
-use snapshot_core::options::Secret;
-use snapshot_core::sink::glance::TokenSource;
+use snapshot_core::Secret;
+use snapshot_core::glance::TokenSource;
 
 /// Where the exception of a failed call waits until the capture returns.
 pub(crate) type Failure = Arc<Mutex<Option<PyErr>>>;

@@ -166,11 +166,6 @@ impl FileSink {
         })
     }
 
-    /// Path of the file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn error(&self, source: io::Error) -> Error {
         Error::OutputWrite {
             target: self.path.display().to_string(),

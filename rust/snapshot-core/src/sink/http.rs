@@ -30,16 +30,8 @@ pub struct TlsOptions<'a> {
 
 /// Builds a blocking client. `timeout` bounds each whole request; `None`
 /// lets an upload take as long as it needs (a dead peer is still found by
-/// the connection breaking or by TCP keep-alive).
-pub fn client(
-    tls: &TlsOptions<'_>,
-    timeout: Option<Duration>,
-) -> Result<reqwest::blocking::Client> {
-    client_for(tls, timeout, None)
-}
-
-/// Like [`client`], and resolves `host` from `/etc/hosts` (or as
-/// `localhost`) itself. hickory reads `/etc/hosts` only once it has read
+/// the connection breaking or by TCP keep-alive). It resolves `host` from
+/// `/etc/hosts` (or as `localhost`) itself. hickory reads `/etc/hosts` only once it has read
 /// `/etc/resolv.conf`, and a minimal ramdisk or chroot may have only the
 /// former: names listed there must still work.
 pub fn client_for(

@@ -6,10 +6,10 @@
 //! [`Sink::read_at`], which lets it digest the finished image. Forward-only
 //! sinks get the very same bytes, header first, through the spool.
 
-pub mod file;
+mod file;
 pub mod glance;
-pub mod http;
-pub mod stdout;
+pub(crate) mod http;
+mod stdout;
 
 pub use file::{FileSink, PendingFile, remove_partial_outputs};
 pub use stdout::StdoutSink;

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use snapshot_core::sink::Sink;
+use snapshot_core::Sink;
 use snapshot_core::{CaptureOptions, Compression, Format, NoProgress, Report, Result, Target};
 
 /// Folders for sources and outputs on different filesystems, so that an
