@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test suite: the Rust workspace tests, then the pytest suites
+# Runs every test suite: the Rust lint gates (cargo fmt --check, clippy -D
+# warnings), the Rust workspace tests, then the pytest suites
 # (CLI, filesystem-aware capture, the service step against real Ironic, IPA
 # and Glance, the client against Keystone, packaging; the Nova driver's suite
 # in a session of its own beside them). Run tests/setup.sh once first. With
@@ -27,6 +28,11 @@ if [ -z "$scratch" ]; then
 fi
 export TMPDIR="$scratch"
 echo "tests/run.sh: scratch in $scratch ($(df -h --output=fstype,avail "$scratch" | tail -1)); free on /: $(df -h --output=avail / | tail -1)"
+
+# Lint gates first, on every run: seconds once built, and they fail before
+# any test starts. The Rust must be formatted and clippy-clean workspace-wide.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # The Python tests load the engine from python/ironic_snapshot: rebuild it in
 # place so that they test the Rust code as it is now, not as setup.sh found it.

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Arg, ArgAction, ArgMatches};
 use snapshot_core::keystone::{self, Credentials, KeystoneAuth, Named};
-use snapshot_core::{GlanceTarget, Secret};
 use snapshot_core::{Error, Result};
+use snapshot_core::{GlanceTarget, Secret};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Glance and Keystone settings as given on the command line.

@@ -9,8 +9,8 @@ use std::fs;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
-use snapshot_core::{GlanceTarget, Secret};
 use snapshot_core::{CaptureOptions, Target};
+use snapshot_core::{GlanceTarget, Secret};
 use snapshot_kexec::modules::{self, ModuleIndex};
 use snapshot_kexec::net::Network;
 use snapshot_kexec::outcome::{self, Outcome};

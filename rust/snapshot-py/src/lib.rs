@@ -157,15 +157,14 @@ mod _engine {
                 // The caller checks Glance's digests itself (verify_glance),
                 // with a token that may be newer than the upload's: a
                 // Keystone token can expire during a long capture.
-                Target::Glance(glance) if !verify_upload => {
-                    snapshot_core::glance::open(glance).and_then(|sink| {
+                Target::Glance(glance) if !verify_upload => snapshot_core::glance::open(glance)
+                    .and_then(|sink| {
                         let sink = match token_source.take() {
                             Some(renew) => sink.with_token_source(renew),
                             None => sink,
                         };
                         snapshot_core::capture_into(&source, Box::new(sink), &options, &reporter)
-                    })
-                }
+                    }),
                 _ => snapshot_core::capture(&source, &target, &options, &reporter),
             }))
         });

@@ -41,7 +41,11 @@ impl Strategy for Raw {
                     }
                 }
             }
-            job.update(Phase::Writing, start + batch.count as u64 * cs, out.written());
+            job.update(
+                Phase::Writing,
+                start + batch.count as u64 * cs,
+                out.written(),
+            );
             Ok(())
         })?;
         job.cancelled()?;

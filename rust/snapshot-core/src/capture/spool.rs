@@ -142,7 +142,11 @@ mod tests {
         assert!(spool.overflowed());
         spool.emit(&vec![1u8; 2 * CHUNK]).unwrap();
         assert_eq!(spool.written(), 101 + 2 * CHUNK as u64);
-        assert_eq!(spool.chunk.capacity(), 0, "an overflowed spool holds nothing");
+        assert_eq!(
+            spool.chunk.capacity(),
+            0,
+            "an overflowed spool holds nothing"
+        );
         assert!(spool.into_chunks().is_none());
     }
 
