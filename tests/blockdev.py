@@ -24,6 +24,28 @@ def run(*args: object, **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
+def forget_partitions(device: str) -> None:
+    """Deletes the kernel's partitions of loop device ``device``, if it has any.
+
+    Partition-table tools run on a whole-disk loop device (the agent's
+    deploy runs ``partprobe``; ``parted`` is installed for it) make the kernel
+    add the device's partitions, and the kernel keeps them after the device
+    is detached. Seen in a full run: loop0, used by the suites before
+    tests/fs_aware, still had loop0p1 when fs_aware took it, and
+    ``mkfs.vfat`` refused a device "with partitions". ``partx -d`` deletes
+    them, attached or not.
+    """
+    name = Path(device).name
+    if any(Path("/sys/block", name).glob(f"{name}p*")):
+        subprocess.run(["partx", "-d", device], check=False, capture_output=True)
+
+
+def detach_loop(device: str) -> None:
+    """Detaches loop device ``device``, first deleting partitions a tool added to it."""
+    forget_partitions(device)
+    subprocess.run(["losetup", "--detach", device], check=False)
+
+
 @contextlib.contextmanager
 def loop_device(image: str | os.PathLike[str], offset: int, size: int, *,
                 read_only: bool = False) -> Iterator[str]:
@@ -37,9 +59,11 @@ def loop_device(image: str | os.PathLike[str], offset: int, size: int, *,
         args.append("--read-only")
     device = run(*args, image, text=True).stdout.strip()
     try:
+        # Partitions another user of the device left behind are not ours.
+        forget_partitions(device)
         yield device
     finally:
-        subprocess.run(["losetup", "-d", device], check=False)
+        detach_loop(device)
 
 
 @contextlib.contextmanager

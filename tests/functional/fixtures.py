@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.blockdev import detach_loop, forget_partitions
 from tests.functional.helpers import Disk, build_disk, missing_requirements, run
 
 _MISSING = missing_requirements()
@@ -30,9 +31,11 @@ def attached_disk(folder: Path) -> Iterator[Disk]:
     image, offset, size, files = build_disk(folder)
     device = run("losetup", "--find", "--show", str(image)).strip()
     try:
+        forget_partitions(device)
         yield Disk(image=image, device=device, part_offset=offset, part_size=size, files=files)
     finally:
-        subprocess.run(["losetup", "--detach", device], check=False)
+        # Partitions a tool gave the whole-disk device outlive the detach.
+        detach_loop(device)
 
 
 @pytest.fixture(scope="module")

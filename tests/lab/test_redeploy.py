@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.blockdev import loop_device, mounted, run
+from tests.blockdev import detach_loop, forget_partitions, loop_device, mounted, run
 from tests.functional.helpers import missing_requirements, run_service_step
 from tests.lab.test_boot import read_token, write_token
 from tests.stack.deploy import create_available_node, deploy, image_server, ironic_conf
@@ -45,11 +45,13 @@ def attached(tmp_path: Path) -> Iterator[Callable[..., str]]:
         flags = ["--read-only"] if read_only else []
         device = run("losetup", "--find", "--show", *flags, path, text=True).stdout.strip()
         devices.append(device)
+        forget_partitions(device)
         return device
 
     yield attach
     for device in devices:
-        subprocess.run(["losetup", "--detach", device], check=False)
+        # The deploy's partprobe gave the device partitions: they outlive the detach.
+        detach_loop(device)
 
 
 def partitions(disk: Path) -> list[dict]:
