@@ -125,8 +125,9 @@ class _EmptyNetwork(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _network_stand_in() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EmptyNetwork)
+def _serving(handler: Any) -> Iterator[str]:
+    """Serves ``handler`` on a free port of 127.0.0.1 in a thread; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -306,15 +307,8 @@ def _image_http_server(root: Path) -> Iterator[str]:
     cloud serves that folder with a web server on the conductor host.
     """
     root.mkdir(parents=True, exist_ok=True)
-    handler = functools.partial(_ImageHTTPHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(functools.partial(_ImageHTTPHandler, directory=str(root))) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -366,7 +360,7 @@ def start_nova_cloud(workdir: Path, *,
                 # bcrypt's default cost made every password check take seconds
                 # on a loaded 2-core machine; the services log in often.
                 extra_conf={"identity": {"password_hash_rounds": "4"}}),
-            network=_network_stand_in(),
+            network=_serving(_EmptyNetwork),
             images=_image_http_server(workdir / "ironic-http"),
             wheel=_call_as_context(lambda: install_this_package(venv, workdir)))
         rabbit, postgres, keystone = started["rabbit"], started["postgres"], started["keystone"]
