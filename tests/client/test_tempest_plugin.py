@@ -53,21 +53,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _write_conf(workspace: Path, cloud: Cloud, node: str, disk: Disk, *,
                 available: bool = True, glance_endpoint: str = "") -> None:
-    tempest.write_conf(workspace, {
-        "auth": {"use_dynamic_credentials": "true", "create_isolated_networks": "false",
-                 "admin_username": "admin", "admin_password": cloud.keystone.admin_password,
-                 "admin_project_name": "admin", "admin_domain_name": "Default"},
-        "identity": {"uri_v3": cloud.keystone.auth_url, "auth_version": "v3",
-                     "region": "RegionOne"},
-        "service_available": {"glance": "true", "nova": "false", "neutron": "false",
-                              "cinder": "false", "swift": "false",
-                              "ironic_snapshot": str(available).lower()},
-        "baremetal_snapshot": {
-            "node": node, "runbook": RUNBOOK, "glance_endpoint": glance_endpoint,
-            # The loop disk is no root device candidate of the agent: name it.
-            "step_args": f"device:{disk.device},memory_limit:256M",
-            "service_timeout": "600"},
-    })
+    tempest.write_conf(workspace, cloud.keystone, {
+        "node": node, "runbook": RUNBOOK, "glance_endpoint": glance_endpoint,
+        # The loop disk is no root device candidate of the agent: name it.
+        "step_args": f"device:{disk.device},memory_limit:256M",
+        "service_timeout": "600"}, ironic_snapshot=available)
 
 
 @pytest.fixture(scope="module")

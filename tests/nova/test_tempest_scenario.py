@@ -21,16 +21,8 @@ from tests.stack.ipa import agent_on_demand
 def test_server_scenario_passes_against_the_nova_cloud(cloud: Cloud, server: Server,
                                                        tmp_path: Path) -> None:
     workspace = tempest.init_workspace(tmp_path / "tempest")
-    tempest.write_conf(workspace, {
-        "auth": {"use_dynamic_credentials": "true", "create_isolated_networks": "false",
-                 "admin_username": "admin", "admin_password": cloud.keystone.admin_password,
-                 "admin_project_name": "admin", "admin_domain_name": "Default"},
-        "identity": {"uri_v3": cloud.keystone.auth_url, "auth_version": "v3",
-                     "region": "RegionOne"},
-        "service_available": {"glance": "true", "nova": "true", "neutron": "false",
-                              "cinder": "false", "swift": "false", "ironic_snapshot": "true"},
-        "baremetal_snapshot": {"server": server.id, "service_timeout": "600"},
-    })
+    tempest.write_conf(workspace, cloud.keystone,
+                       {"server": server.id, "service_timeout": "600"}, nova=True)
     images_before = {image["id"] for image in cloud.images()}
     before = server.disk.sha256()
     with agent_on_demand(cloud.ironic, server.node, tmp_path / "ipa",

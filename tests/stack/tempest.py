@@ -29,13 +29,27 @@ def init_workspace(root: Path) -> Path:
     return root / "ws"
 
 
-def write_conf(workspace: Path, sections: dict[str, dict[str, Any]]) -> None:
-    """Writes the workspace's ``etc/tempest.conf`` (logging into the workspace)."""
+def write_conf(workspace: Path, keystone: Any, baremetal_snapshot: dict[str, str], *,
+               nova: bool = False, ironic_snapshot: bool = True) -> None:
+    """Writes the workspace's ``etc/tempest.conf`` for a loopback cloud.
+
+    Tempest makes its own throwaway users with ``keystone``'s admin; the
+    cloud has Glance, Nova only when ``nova``, and the plugin's flag and
+    ``[baremetal_snapshot]`` options as given. Logging goes into the workspace.
+    """
     conf = configparser.ConfigParser()
     conf.read_dict({
         "DEFAULT": {"log_file": "tempest.log", "debug": "true",
                     "log_dir": str(workspace / "logs")},
-        **sections,
+        "auth": {"use_dynamic_credentials": "true", "create_isolated_networks": "false",
+                 "admin_username": "admin", "admin_password": keystone.admin_password,
+                 "admin_project_name": "admin", "admin_domain_name": "Default"},
+        "identity": {"uri_v3": keystone.auth_url, "auth_version": "v3",
+                     "region": "RegionOne"},
+        "service_available": {"glance": "true", "nova": str(nova).lower(), "neutron": "false",
+                              "cinder": "false", "swift": "false",
+                              "ironic_snapshot": str(ironic_snapshot).lower()},
+        "baremetal_snapshot": baremetal_snapshot,
     })
     with open(workspace / "etc" / "tempest.conf", "w") as out:
         conf.write(out)
