@@ -13,18 +13,17 @@ import time
 from typing import Any
 
 from tempest import config
-from tempest import test
 from tempest.lib.common.utils import data_utils
 from tempest.lib.common.utils import test_utils
 from tempest.lib import decorators
 from tempest.lib import exceptions as lib_exc
 
-from ironic_snapshot.tempest_plugin.services.baremetal import BaremetalClient
+from ironic_snapshot.tempest_plugin.tests.scenario.base import SnapshotScenario
 
 CONF = config.CONF
 
 
-class ServerImageTest(test.BaseTestCase):
+class ServerImageTest(SnapshotScenario):
     """``server image create`` of a bare-metal server makes a verified image."""
 
     # admin may snapshot any project's server (Nova's default policy), so the
@@ -34,10 +33,6 @@ class ServerImageTest(test.BaseTestCase):
     @classmethod
     def skip_checks(cls):
         super().skip_checks()
-        if not CONF.service_available.ironic_snapshot:
-            raise cls.skipException(
-                "ironic-snapshot is not available: set [service_available] ironic_snapshot = True "
-                "when the agent ramdisk has its hardware manager")
         if not CONF.service_available.nova:
             raise cls.skipException("Nova is not available ([service_available] nova)")
         if not CONF.baremetal_snapshot.server:
@@ -51,15 +46,10 @@ class ServerImageTest(test.BaseTestCase):
         cls.servers = cls.os_admin.servers_client
         cls.compute_images = cls.os_admin.compute_images_client
         cls.images = cls.os_admin.image_client_v2
-        cls.baremetal = BaremetalClient(
-            cls.os_system_admin.auth_provider, "baremetal", CONF.identity.region,
-            build_interval=2, build_timeout=CONF.baremetal_snapshot.service_timeout,
-            **cls.os_system_admin.default_params)
 
     @classmethod
     def resource_setup(cls):
         super().resource_setup()
-        cls.baremetal.negotiate()
         server = cls.servers.show_server(CONF.baremetal_snapshot.server)["server"]
         cls.server_id = server["id"]
         if server["status"] != "ACTIVE":

@@ -13,13 +13,12 @@ import uuid
 from typing import Any
 
 from tempest import config
-from tempest import test
 from tempest.lib.common.utils import data_utils
 from tempest.lib.common.utils import test_utils
 from tempest.lib import decorators
 from tempest.lib import exceptions as lib_exc
 
-from ironic_snapshot.tempest_plugin.services.baremetal import BaremetalClient
+from ironic_snapshot.tempest_plugin.tests.scenario.base import SnapshotScenario
 
 CONF = config.CONF
 
@@ -27,7 +26,7 @@ CONF = config.CONF
 CREDENTIAL_PREFIX = "ironic-snapshot-"
 
 
-class SnapshotDiskTest(test.BaseTestCase):
+class SnapshotDiskTest(SnapshotScenario):
     """``snapshot_disk`` with an explicit image, by runbook, failing, and by the client."""
 
     # primary owns the images; admin finds a runbook's image in the operator's
@@ -37,10 +36,6 @@ class SnapshotDiskTest(test.BaseTestCase):
     @classmethod
     def skip_checks(cls):
         super().skip_checks()
-        if not CONF.service_available.ironic_snapshot:
-            raise cls.skipException(
-                "ironic-snapshot is not available: set [service_available] ironic_snapshot = True "
-                "when the agent ramdisk has its hardware manager")
         if not CONF.service_available.glance:
             raise cls.skipException("Glance is not available ([service_available] glance)")
         if not CONF.baremetal_snapshot.node:
@@ -53,15 +48,10 @@ class SnapshotDiskTest(test.BaseTestCase):
         super().setup_clients()
         cls.images = cls.os_primary.image_client_v2
         cls.admin_images = cls.os_admin.image_client_v2
-        cls.baremetal = BaremetalClient(
-            cls.os_system_admin.auth_provider, "baremetal", CONF.identity.region,
-            build_interval=2, build_timeout=CONF.baremetal_snapshot.service_timeout,
-            **cls.os_system_admin.default_params)
 
     @classmethod
     def resource_setup(cls):
         super().resource_setup()
-        cls.baremetal.negotiate()
         node = cls.baremetal.show_node(CONF.baremetal_snapshot.node)
         cls.node_id = node["uuid"]
         if node["provision_state"] != "active":
