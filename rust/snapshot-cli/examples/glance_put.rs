@@ -12,8 +12,8 @@ use std::io::Read;
 
 use md5::Digest as _;
 use snapshot_core::Digests;
-use snapshot_core::{GlanceTarget, Secret};
-use snapshot_core::{Sink, glance};
+use snapshot_core::{Secret, Sink};
+use snapshot_openstack::{GlanceTarget, glance};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -9,8 +9,7 @@ use std::fs;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
-use snapshot_core::{CaptureOptions, Target};
-use snapshot_core::{GlanceTarget, Secret};
+use snapshot_core::CaptureOptions;
 use snapshot_kexec::modules::{self, ModuleIndex};
 use snapshot_kexec::net::Network;
 use snapshot_kexec::outcome::{self, Outcome};
@@ -20,6 +19,7 @@ use snapshot_kexec::settings::{
     SecretText, Settings,
 };
 use snapshot_kexec::{KexecError, initramfs, kexec, ramdisk};
+use snapshot_openstack::{GlanceTarget, Secret, Target};
 
 /// Options of `kexec-capture` (the clap side is in `main.rs`).
 pub struct Request {
@@ -471,7 +471,7 @@ fn unescape(field: &str) -> String {
 fn check_glance(
     target: &GlanceTarget,
 ) -> Result<(GlanceSettings, Option<Vec<u8>>), KexecCommandError> {
-    let image = snapshot_core::glance::open_image(target)?;
+    let image = snapshot_openstack::glance::open_image(target)?;
     let status = image
         .record
         .get("status")
@@ -788,7 +788,7 @@ fn work(settings: &Settings, record: &Shared) -> Result<(), String> {
             ));
         }
     };
-    let result = snapshot_core::capture(
+    let result = snapshot_openstack::capture(
         Path::new(&format!("/dev/{source}")),
         &target,
         &options,

@@ -17,9 +17,8 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use snapshot_core::ErrorKind;
-use snapshot_core::{
-    CaptureOptions, Compression, Error, Format, NoProgress, Progress, Report, Target,
-};
+use snapshot_core::{CaptureOptions, Compression, Error, Format, NoProgress, Progress, Report};
+use snapshot_openstack::Target;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -476,7 +475,7 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
         Some(terminal) => terminal,
         None => &NoProgress,
     };
-    let result = snapshot_core::capture(&args.source, &target, &options, progress);
+    let result = snapshot_openstack::capture(&args.source, &target, &options, progress);
     if let Some(terminal) = &terminal {
         terminal.clear();
     }
@@ -501,7 +500,7 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
                 ..Default::default()
             };
             let properties = snapshot_core::provenance::properties(&value, &source);
-            snapshot_core::glance::set_properties(glance, &properties)?;
+            snapshot_openstack::glance::set_properties(glance, &properties)?;
         }
         if let Some(pending) = pending_report {
             pending.commit(format!("{json}\n").as_bytes())?;
@@ -613,7 +612,7 @@ fn verify(args: &VerifyArgs) -> Result<bool, Error> {
     let verdict = match (&args.image, &args.cloud.glance_image) {
         (Some(path), _) if is_url(path) => {
             let url = path.to_string_lossy();
-            let data = snapshot_core::glance::open_url(&url)?;
+            let data = snapshot_openstack::glance::open_url(&url)?;
             let body = data.download()?;
             snapshot_core::verify_image(body, &data, &url, &[expected])?
         }
@@ -651,10 +650,10 @@ fn is_url(path: &std::path::Path) -> bool {
 /// Checks a Glance image: its data against the flags' and report's values,
 /// Glance's own and the `snapshot_*` properties, which must also agree.
 fn verify_glance(
-    target: &snapshot_core::GlanceTarget,
+    target: &snapshot_openstack::GlanceTarget,
     expected: snapshot_core::Expected,
 ) -> Result<snapshot_core::Verification, Error> {
-    let image = snapshot_core::glance::open_image(target)?;
+    let image = snapshot_openstack::glance::open_image(target)?;
     let (mut claims, problems) = snapshot_core::glance_expectations(&image.record);
     let status = image.record.get("status").and_then(|v| v.as_str());
     if status != Some("active") {

@@ -63,23 +63,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A Glance image to fill with the captured data.
-#[derive(Debug, Clone)]
-pub struct GlanceTarget {
-    /// Image service endpoint, such as `http://127.0.0.1:9292` (with or
-    /// without a trailing `/v2`).
-    pub endpoint: String,
-    /// Id of an image in `queued` state created by the caller.
-    pub image_id: String,
-    /// Keystone token sent as `X-Auth-Token`; `None` for a no-auth Glance.
-    pub token: Option<Secret>,
-    /// Skip TLS certificate verification (test clouds only).
-    pub insecure: bool,
-    /// Extra CA bundle (PEM) to trust, for clouds with a private CA.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Where the image goes.
+/// Where the image goes, among the engine's own sinks (a Glance image is
+/// `snapshot-openstack`'s, through [`crate::capture_with`]).
 #[derive(Debug, Clone)]
 pub enum Target {
     /// A file on a local filesystem (seekable: one pass).
@@ -91,19 +76,15 @@ pub enum Target {
     },
     /// Standard output (forward-only).
     Stdout,
-    /// An image in Glance, uploaded with a chunked `PUT /v2/images/{id}/file`
-    /// (forward-only), then verified against Glance's own digests.
-    Glance(GlanceTarget),
 }
 
 impl Target {
     /// Where the image goes, for logs and the report, without secrets: the
-    /// file's path, `-` for standard output, or `glance:ID`.
+    /// file's path, or `-` for standard output.
     pub fn describe(&self) -> String {
         match self {
             Target::File { path, .. } => path.display().to_string(),
             Target::Stdout => "-".to_owned(),
-            Target::Glance(glance) => format!("glance:{}", glance.image_id),
         }
     }
 }

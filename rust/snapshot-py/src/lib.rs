@@ -3,7 +3,7 @@
 //! Thin by design: [`_engine::capture`] converts its arguments to owned Rust
 //! values, releases the GIL for the whole capture (the ironic-python-agent
 //! heartbeat is a Python thread that must keep running), calls
-//! [`snapshot_core::capture`], maps the error to the exception hierarchy of
+//! [`snapshot_openstack::capture`], maps the error to the exception hierarchy of
 //! `ironic_snapshot.exceptions` and converts the report to a dict.
 
 use pyo3::prelude::*;
@@ -26,10 +26,11 @@ mod _engine {
 
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
+    use snapshot_core::CaptureOptions;
     use snapshot_core::Digests;
-    use snapshot_core::GlanceTarget;
     use snapshot_core::Secret;
-    use snapshot_core::{CaptureOptions, Target};
+    use snapshot_openstack::GlanceTarget;
+    use snapshot_openstack::Target;
 
     use crate::convert::{SizeArg, capture_options, json_to_py};
     use crate::errors::{engine_error, invalid_input, panic_error};
@@ -157,15 +158,16 @@ mod _engine {
                 // The caller checks Glance's digests itself (verify_glance),
                 // with a token that may be newer than the upload's: a
                 // Keystone token can expire during a long capture.
-                Target::Glance(glance) if !verify_upload => snapshot_core::glance::open(glance)
-                    .and_then(|sink| {
+                Target::Glance(glance) if !verify_upload => {
+                    snapshot_openstack::glance::open(glance).and_then(|sink| {
                         let sink = match token_source.take() {
                             Some(renew) => sink.with_token_source(renew),
                             None => sink,
                         };
                         snapshot_core::capture_into(&source, Box::new(sink), &options, &reporter)
-                    }),
-                _ => snapshot_core::capture(&source, &target, &options, &reporter),
+                    })
+                }
+                _ => snapshot_openstack::capture(&source, &target, &options, &reporter),
             }))
         });
         // An exception raised by the progress callback cancelled the capture:
@@ -195,7 +197,7 @@ mod _engine {
     /// The second half of `capture(..., verify_upload=False)`, kept apart so
     /// that the caller can pass a token other than the upload's (the step
     /// re-authenticates after a long upload). Over
-    /// [`snapshot_core::glance::verify`].
+    /// [`snapshot_openstack::glance::verify`].
     #[pyfunction]
     #[pyo3(signature = (
         glance_image, *, glance_endpoint, image_size, md5, sha256, sha512, token = None,
@@ -233,7 +235,7 @@ mod _engine {
         };
         let outcome = py.detach(|| {
             catch_unwind(AssertUnwindSafe(|| {
-                snapshot_core::glance::verify(&target, &digests, image_size)
+                snapshot_openstack::glance::verify(&target, &digests, image_size)
             }))
         });
         match outcome {

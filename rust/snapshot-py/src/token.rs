@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 use snapshot_core::Error;
 use snapshot_core::Secret;
-use snapshot_core::glance::TokenSource;
+use snapshot_openstack::glance::TokenSource;
 
 /// Where the exception of a failed call waits until the capture returns.
 pub(crate) type Failure = Arc<Mutex<Option<PyErr>>>;

@@ -7,7 +7,7 @@
 //! same source:
 //!
 //! - [`seekable`]: qcow2 to a seekable sink (a file), in one pass.
-//! - [`spooled`]: qcow2 to a forward-only sink (standard output, Glance),
+//! - [`spooled`]: qcow2 to a forward-only sink (standard output, an upload),
 //!   the compressed data held in a [`Spool`] until the header is known.
 //! - [`two_pass`]: what [`spooled`] falls back to when the data outgrows the
 //!   spool: the source is read and compressed a second time.
@@ -64,44 +64,52 @@ trait Strategy {
 /// read-only) into `target` as `options` say, reporting progress to
 /// `progress`, and returns the report of the emitted image.
 ///
-/// For [`Target::Glance`] the image is uploaded into the given queued image
-/// and then checked against the size and digests Glance reports.
-///
 /// Errors: invalid options ([`Error::InvalidOption`]), source problems
 /// ([`Error::SourceNotFound`], [`Error::SourceRead`], [`Error::ShortRead`],
 /// [`Error::SourceChanged`]...), output problems ([`Error::OutputExists`],
-/// [`Error::OutputOnSource`], [`Error::OutputWrite`]), upload and
-/// verification errors, and [`Error::Cancelled`]. On any error the output is
-/// removed (file) or broken off (upload).
+/// [`Error::OutputOnSource`], [`Error::OutputWrite`]), and
+/// [`Error::Cancelled`]. On any error the output is removed (file).
 pub fn capture(
     source: &Path,
     target: &Target,
     options: &CaptureOptions,
     progress: &dyn Progress,
 ) -> Result<Report> {
+    capture_with(
+        source,
+        |disk| {
+            Ok(match target {
+                Target::File { path, force } => {
+                    source::check_output(path, disk)?;
+                    Box::new(FileSink::create(path, *force)?)
+                }
+                Target::Stdout => Box::new(StdoutSink::new()?),
+            })
+        },
+        options,
+        progress,
+    )
+}
+
+/// Captures the disk at `source` into the sink `open_sink` gives once the
+/// options are checked and the source is open (so that a bad option or a
+/// missing disk fails before any output exists or any service is asked),
+/// and returns the report of the emitted image.
+///
+/// This is how sinks from other crates (Glance in `snapshot-openstack`)
+/// run; errors are those of [`capture`] plus whatever `open_sink` and the
+/// sink return. On any error after the sink was opened it is aborted.
+pub fn capture_with(
+    source: &Path,
+    open_sink: impl FnOnce(&Source) -> Result<Box<dyn Sink>>,
+    options: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<Report> {
     let started = Instant::now();
     let settings = validate(options)?;
     let disk = Source::open(source)?;
-    let sink: Box<dyn Sink> = match target {
-        Target::File { path, force } => {
-            source::check_output(path, &disk)?;
-            Box::new(FileSink::create(path, *force)?)
-        }
-        Target::Stdout => Box::new(StdoutSink::new()?),
-        Target::Glance(glance) => Box::new(crate::sink::glance::open(glance)?),
-    };
-    let (report, digests) = run(&disk, sink, &settings, options, progress, started)?;
-    if let Target::Glance(glance) = target {
-        progress.update(&ProgressUpdate {
-            phase: Phase::Verifying,
-            done: report.virtual_size,
-            total: report.virtual_size,
-            written: report.image_size,
-        });
-        crate::sink::glance::verify(glance, &digests, report.image_size)?;
-        tracing::info!(image_id = %glance.image_id, "Glance holds exactly the image that was sent");
-    }
-    Ok(report)
+    let sink = open_sink(&disk)?;
+    run(&disk, sink, &settings, options, progress, started).map(|(report, _)| report)
 }
 
 /// Captures the disk at `source` into a caller-provided sink: the same as

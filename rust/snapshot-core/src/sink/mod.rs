@@ -1,4 +1,5 @@
-//! Where image bytes go: a file, standard output or an HTTP upload.
+//! Where image bytes go: a file or standard output here; an upload is a
+//! [`Sink`] of another crate (`snapshot-openstack`'s Glance sink).
 //!
 //! The layout writer emits bytes in order through [`Sink::write`]. A seekable
 //! sink additionally accepts [`Sink::write_at`], which lets the writer put the
@@ -7,8 +8,6 @@
 //! sinks get the very same bytes, header first, through the spool.
 
 mod file;
-pub mod glance;
-pub(crate) mod http;
 mod stdout;
 
 pub use file::{FileSink, PendingFile, remove_partial_outputs};

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::error::{Error, Result};
-use crate::options::Secret;
-use crate::sink::http::{self, TlsOptions};
+use snapshot_core::{Error, Result, Secret};
+
+use crate::http::{self, TlsOptions};
 
 /// Service name in messages.
 const SERVICE: &str = "Keystone";

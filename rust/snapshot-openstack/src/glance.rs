@@ -40,6 +40,7 @@
 //! fails too is the error [`Error::Connection`].
 
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,11 +52,9 @@ use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use tokio::sync::mpsc;
 
-use super::Sink;
-use super::http::{self, TlsOptions};
-use crate::digest::Digests;
-use crate::error::{Error, Result};
-use crate::options::{GlanceTarget, Secret};
+use snapshot_core::{Digests, Error, Result, Secret, Sink};
+
+use crate::http::{self, TlsOptions};
 
 /// Service name in messages.
 const SERVICE: &str = "Glance";
@@ -117,6 +116,22 @@ impl http_body::Body for ChannelBody {
 
 mod read;
 pub use read::{GlanceImage, HttpImage, open_image, open_url};
+
+/// A Glance image to fill with the captured data.
+#[derive(Debug, Clone)]
+pub struct GlanceTarget {
+    /// Image service endpoint, such as `http://127.0.0.1:9292` (with or
+    /// without a trailing `/v2`).
+    pub endpoint: String,
+    /// Id of an image in `queued` state created by the caller.
+    pub image_id: String,
+    /// Keystone token sent as `X-Auth-Token`; `None` for a no-auth Glance.
+    pub token: Option<Secret>,
+    /// Skip TLS certificate verification (test clouds only).
+    pub insecure: bool,
+    /// Extra CA bundle (PEM) to trust, for clouds with a private CA.
+    pub ca_file: Option<PathBuf>,
+}
 
 /// What it takes to start the `PUT`, kept until the first byte is ready.
 struct Request {
@@ -541,7 +556,7 @@ pub fn verify(target: &GlanceTarget, digests: &Digests, image_size: u64) -> Resu
 
 /// Adds or replaces string properties of the target image (one JSON patch
 /// request): how the CLI records a capture's provenance
-/// ([`crate::provenance::properties`]) on the image it filled.
+/// ([`snapshot_core::provenance::properties`]) on the image it filled.
 ///
 /// Errors: [`Error::Http`] when Glance refuses (the token may have expired
 /// during a long upload), [`Error::Connection`] when it cannot be reached.
@@ -839,7 +854,7 @@ mod tests {
         let target = GlanceTarget {
             endpoint: "http://h".into(),
             image_id: "i".into(),
-            token: Some(crate::options::Secret::new("s3cr3t-token")),
+            token: Some(Secret::new("s3cr3t-token")),
             insecure: false,
             ca_file: None,
         };

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use snapshot_core::{Error, Result};
 
 /// How long to wait for a TCP connection (and TLS handshake) to be set up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

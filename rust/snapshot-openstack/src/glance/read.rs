@@ -4,11 +4,10 @@
 use reqwest::blocking::Client;
 use reqwest::header::HeaderValue;
 
-use super::{SERVICE, look_up};
-use crate::error::{Error, Result};
-use crate::options::GlanceTarget;
-use crate::qcow2_check::ReadAt;
-use crate::sink::http;
+use snapshot_core::{Error, ImageReadAt as ReadAt, Result};
+
+use super::{GlanceTarget, SERVICE, look_up};
+use crate::http;
 
 /// An image in Glance to read.
 pub struct GlanceImage {
