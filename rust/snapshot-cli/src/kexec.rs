@@ -741,10 +741,10 @@ fn work(settings: &Settings, record: &Shared) -> Result<(), String> {
         ));
         mounted = Some(path.clone());
         with(record, |r| r.target = Some(out.shown_as.clone()));
-        Target::File {
+        Target::Engine(snapshot_core::Target::File {
             path,
             force: out.force,
-        }
+        })
     } else if let Some(glance) = &settings.glance {
         with(record, |r| {
             r.target = Some(format!("glance:{}", glance.image_id))

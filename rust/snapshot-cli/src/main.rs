@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use snapshot_core::ErrorKind;
+use snapshot_core::Target as EngineTarget;
 use snapshot_core::{CaptureOptions, Compression, Error, Format, NoProgress, Progress, Report};
 use snapshot_openstack::Target;
 
@@ -404,11 +405,11 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
     }
     let target = match (&args.output, &args.cloud.glance_image) {
         (Some(_), Some(_)) => unreachable!("clap makes -o and --glance-image exclusive"),
-        (Some(out), None) if out == "-" => Target::Stdout,
-        (Some(out), None) => Target::File {
+        (Some(out), None) if out == "-" => Target::Engine(EngineTarget::Stdout),
+        (Some(out), None) => Target::Engine(EngineTarget::File {
             path: PathBuf::from(out),
             force: args.force,
-        },
+        }),
         (None, Some(id)) => Target::Glance(args.cloud.resolve(id)?),
         (None, None) => unreachable!("clap requires -o or --glance-image"),
     };
@@ -434,7 +435,7 @@ fn capture(args: CaptureArgs, quiet: bool) -> Result<(), Error> {
     // path fails in seconds, and the capture cannot end by overwriting the
     // source or the image with JSON.
     let image_path = match &target {
-        Target::File { path, .. } => Some(path.clone()),
+        Target::Engine(EngineTarget::File { path, .. }) => Some(path.clone()),
         _ => None,
     };
     let pending_report = args

@@ -21,7 +21,7 @@
 
 #![deny(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use snapshot_core::{CaptureOptions, Digests, Phase, Progress, ProgressUpdate, Report};
 pub use snapshot_core::{Error, Result, Secret};
@@ -33,18 +33,11 @@ pub mod keystone;
 
 pub use glance::GlanceTarget;
 
-/// Where the image goes: the engine's own sinks, or a Glance image.
+/// Where the image goes: one of the engine's own sinks, or a Glance image.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A file on a local filesystem (seekable: one pass).
-    File {
-        /// Path of the file to create.
-        path: PathBuf,
-        /// Overwrite an existing file.
-        force: bool,
-    },
-    /// Standard output (forward-only).
-    Stdout,
+    /// A file or standard output, written by the engine itself.
+    Engine(snapshot_core::Target),
     /// An image in Glance, uploaded with a chunked `PUT /v2/images/{id}/file`
     /// (forward-only), then verified against Glance's own digests.
     Glance(GlanceTarget),
@@ -52,11 +45,10 @@ pub enum Target {
 
 impl Target {
     /// Where the image goes, for logs and the report, without secrets: the
-    /// file's path, `-` for standard output, or `glance:ID`.
+    /// engine's description (a path or `-`), or `glance:ID`.
     pub fn describe(&self) -> String {
         match self {
-            Target::File { path, .. } => path.display().to_string(),
-            Target::Stdout => "-".to_owned(),
+            Target::Engine(target) => target.describe(),
             Target::Glance(glance) => format!("glance:{}", glance.image_id),
         }
     }
@@ -78,21 +70,7 @@ pub fn capture(
     progress: &dyn Progress,
 ) -> Result<Report> {
     let glance = match target {
-        Target::File { path, force } => {
-            let target = snapshot_core::Target::File {
-                path: path.clone(),
-                force: *force,
-            };
-            return snapshot_core::capture(source, &target, options, progress);
-        }
-        Target::Stdout => {
-            return snapshot_core::capture(
-                source,
-                &snapshot_core::Target::Stdout,
-                options,
-                progress,
-            );
-        }
+        Target::Engine(target) => return snapshot_core::capture(source, target, options, progress),
         Target::Glance(glance) => glance,
     };
     let report = snapshot_core::capture_with(

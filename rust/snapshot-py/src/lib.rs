@@ -98,8 +98,10 @@ mod _engine {
                     "No destination: pass output (a path, or \"-\" for standard output) or glance_image",
                 ));
             }
-            (Some(path), None) if path.as_os_str() == "-" => Target::Stdout,
-            (Some(path), None) => Target::File { path, force },
+            (Some(path), None) if path.as_os_str() == "-" => {
+                Target::Engine(snapshot_core::Target::Stdout)
+            }
+            (Some(path), None) => Target::Engine(snapshot_core::Target::File { path, force }),
             (None, Some(image_id)) => {
                 let Some(endpoint) = glance_endpoint else {
                     return Err(invalid_input(
